@@ -1,0 +1,5 @@
+import sys
+
+from mmdata.cli import main
+
+sys.exit(main())

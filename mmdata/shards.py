@@ -1,0 +1,147 @@
+"""WebDataset tar shards: an atomic writer that records each sample's byte range, and a reader that
+refuses hostile members instead of trusting them."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from mmdata.atomic import temp_path_for
+
+# Members that would be unpickled (or executed) by naive loaders; never handed to callers.
+UNSAFE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "mp"})
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
+class ShardFormatError(ValueError):
+    """A shard holds something a safe reader refuses (link, device, path escape, oversize member)."""
+
+
+@dataclass(frozen=True)
+class SampleSpan:
+    """Where one sample's members lie in its tar: ``offset`` of the first header, ``size`` to the end."""
+
+    offset: int
+    size: int
+
+
+class ShardWriter:
+    """Writes ``{key}.{ext}`` members to a hidden temporary tar; :meth:`commit` renames it into place.
+
+    Members carry fixed owner and time so that the same samples give the same bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._temp = temp_path_for(self.path)
+        self._file = open(self._temp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.sample_count = 0
+
+    def add(self, key: str, members: dict[str, bytes]) -> SampleSpan:
+        start = self._file.tell()
+        for extension, payload in members.items():
+            info = tarfile.TarInfo(f"{key}.{extension}")
+            info.size = len(payload)
+            info.mode = 0o444
+            info.mtime = 0
+            self._tar.addfile(info, io.BytesIO(payload))
+        self.sample_count += 1
+        return SampleSpan(start, self._file.tell() - start)
+
+    def commit(self) -> Path:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._temp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``"dir/000012.jpg"`` → ``("dir/000012", "jpg")``: the key ends at the basename's first dot."""
+    head, _, base = name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    if not dot or not stem:
+        raise ShardFormatError(f"member {name!r} has no key.extension form")
+    return (f"{head}/{stem}" if head else stem), extension
+
+
+def iter_samples(
+    source: str | os.PathLike | BinaryIO,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    skip_unsafe: bool = True,
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield ``(key, {extension: bytes})`` per sample, in tar order.
+
+    Links, devices, absolute or ``..`` names and members over ``max_member_bytes`` raise
+    :class:`ShardFormatError`; pickle-like members are dropped (``skip_unsafe``) or refused.
+    """
+    with _open_tar(source) as archive:
+        current_key, members = None, {}
+        for info in archive:
+            if info.isdir():
+                continue
+            _check_member(info, max_member_bytes)
+            key, extension = split_member_name(info.name)
+            if extension.rsplit(".", 1)[-1].lower() in UNSAFE_EXTENSIONS:
+                if skip_unsafe:
+                    continue
+                raise ShardFormatError(f"member {info.name!r} is a pickle-like format and is refused")
+            if key != current_key:
+                if current_key is not None:
+                    yield current_key, members
+                current_key, members = key, {}
+            handle = archive.extractfile(info)
+            members[extension] = handle.read() if handle is not None else b""
+        if current_key is not None:
+            yield current_key, members
+
+
+def read_sample(source: BinaryIO, span: SampleSpan, **limits) -> tuple[str, dict[str, bytes]]:
+    """Read the one sample stored at ``span`` (from a member index) without scanning the tar."""
+    source.seek(span.offset)
+    blob = source.read(span.size)
+    if len(blob) != span.size:
+        raise ShardFormatError(f"short read at offset {span.offset}: {len(blob)} of {span.size} bytes")
+    samples = list(iter_samples(io.BytesIO(blob + b"\0" * 1024), **limits))
+    if len(samples) != 1:
+        raise ShardFormatError(f"byte range at offset {span.offset} holds {len(samples)} samples, not 1")
+    return samples[0]
+
+
+def _check_member(info: tarfile.TarInfo, max_member_bytes: int) -> None:
+    name = info.name
+    if not info.isreg():
+        raise ShardFormatError(f"member {name!r} is not a regular file (link or device)")
+    if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+        raise ShardFormatError(f"member {name!r} escapes the archive")
+    if info.size > max_member_bytes:
+        raise ShardFormatError(f"member {name!r} declares {info.size} bytes, over the {max_member_bytes} limit")
+
+
+def _open_tar(source: str | os.PathLike | BinaryIO) -> tarfile.TarFile:
+    # Stream mode: no seeking, members read in order, nothing extracted to disk.
+    if isinstance(source, (str, os.PathLike)):
+        return tarfile.open(source, mode="r|")
+    return tarfile.open(fileobj=source, mode="r|")

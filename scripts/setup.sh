@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Create .venv and install mmdata with its test extras (torch resolves to the machine's local build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
