@@ -15,3 +15,20 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def old_webdataset_path():
+    """A folder holding webdataset 0.2.86, to put first on PYTHONPATH for open_clip_train
+    (which fails with KeyError 'fname' on webdataset 1.x)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parent.parent / ".cache" / "webdataset-0.2.86"
+    if not (target / "webdataset").is_dir():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), "webdataset==0.2.86"],
+            check=True,
+        )
+    return target
