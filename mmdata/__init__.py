@@ -36,6 +36,10 @@ def __getattr__(name: str):
     if module_name is None:
         raise AttributeError(f"module 'mmdata' has no attribute {name!r}")
     value = getattr(importlib.import_module(module_name), name)
+    if name == "stream":
+        # The mmdata.stream package is callable (it calls this function), so it can stand for both:
+        # binding the function here would break `import mmdata.stream.loader` style imports.
+        value = importlib.import_module("mmdata.stream")
     globals()[name] = value
     return value
 

@@ -37,7 +37,11 @@ class ShardOutput:
 
     def commit(self, stats: dict) -> pa.Table:
         """Rename the tar, write the metadata parquet, then the stats file (the completion marker)."""
-        table = pa.Table.from_pylist(self._rows) if self._rows else self.schema.empty_table()
+        # from_pylist takes its columns from the first row: give every row every column, so a shard
+        # that starts with a failure (no tar_offset) keeps the later rows' columns
+        names = list(dict.fromkeys(name for row in self._rows for name in row))
+        rows = [{name: row.get(name) for name in names} for row in self._rows]
+        table = pa.Table.from_pylist(rows) if rows else self.schema.empty_table()
         self._tar.commit()
         aligned = write_parquet(table, layout.parquet_path(self.root, self.shard), self.schema, keep_extra=True)
         write_json(layout.stats_path(self.root, self.shard), stats)

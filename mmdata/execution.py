@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -28,12 +29,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     if address:
         options["address"] = address
     else:
-        options["num_cpus"] = num_cpus or os.cpu_count()
+        # "local": start our own, even when another Ray on this machine would otherwise be joined
+        options.update(address="local", num_cpus=num_cpus or os.cpu_count())
     ray.init(**options)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def cluster_resources() -> dict[str, float]:
+    """The joined cluster's total resources (``CPU``, ``GPU``, ...), to size actors before starting them."""
+    import ray
+
+    return dict(ray.cluster_resources())
 
 
 def run_tasks(
@@ -46,25 +55,217 @@ def run_tasks(
     max_retries: int = 3,
     on_result: Callable[[Any], None] | None = None,
     unit: str = "task",
+    total: int | None = None,
+    show_progress: bool = True,
+    on_tick: Callable[[], None] | None = None,
+    tick_seconds: float = 1.0,
 ) -> list[Any]:
     """Run ``function(*args)`` as Ray tasks, at most ``concurrency`` at once, results in completion order.
 
-    ``on_result`` sees each result as it arrives (to update a progress line or commit a manifest).
+    ``argument_lists`` is consumed lazily, so a generator over a large input keeps only the tasks in
+    flight in memory. ``on_result`` sees each result as it arrives (to update a progress line or commit
+    a manifest); ``on_tick`` is called every ``tick_seconds`` while tasks run (to read live counters).
     """
     import ray
 
     remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)(function)
-    pending_arguments = list(argument_lists)
+    if total is None and hasattr(argument_lists, "__len__"):
+        total = len(argument_lists)
+    pending_arguments = iter(argument_lists)
     limit = concurrency or max(1, int(ray.available_resources().get("CPU", 1) // max(num_cpus, 1e-6)))
     results, in_flight = [], []
-    with tqdm(total=len(pending_arguments), desc=description, unit=unit, mininterval=1.0) as progress:
-        while pending_arguments or in_flight:
-            while pending_arguments and len(in_flight) < limit:
-                in_flight.append(remote.remote(*pending_arguments.pop(0)))
-            done, in_flight = ray.wait(in_flight, num_returns=1)
+    exhausted = False
+    with tqdm(total=total, desc=description, unit=unit, mininterval=1.0, disable=not show_progress) as progress:
+        while True:
+            while not exhausted and len(in_flight) < limit:
+                arguments = next(pending_arguments, None)
+                if arguments is None:
+                    exhausted = True
+                else:
+                    in_flight.append(remote.remote(*arguments))
+            if not in_flight:
+                break
+            done, in_flight = ray.wait(in_flight, num_returns=1, timeout=tick_seconds if on_tick else None)
+            if on_tick is not None:
+                on_tick()
+            if not done:
+                continue
             result = ray.get(done[0])
             results.append(result)
             if on_result is not None:
                 on_result(result)
             progress.update(1)
     return results
+
+
+# Times one call of run_on_actors is attempted when its actor dies under it (node or worker lost);
+# how often an unavailable (restarting) actor is probed, and how long the job waits for one to return.
+_ACTOR_CALL_ATTEMPTS = 4
+_PROBE_SECONDS = 0.5
+_ACTOR_RECOVERY_SECONDS = 300.0
+
+
+class ProgressBoard:
+    """Live counters that running tasks update from inside (e.g. samples done), read by the driver.
+
+    Each task reports its own cumulative counts under its key, so a task that Ray retries overwrites
+    its counts instead of adding to them. A :meth:`reporter` is picklable and sends at most one update
+    per ``interval`` seconds.
+    """
+
+    def __init__(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: a worker node lost mid-job must not take the job's progress with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._actor = ray.remote(num_cpus=0)(_Board).options(scheduling_strategy=here).remote()
+        self._last: dict[Any, dict[str, int]] = {}
+
+    def reporter(self, key: Any, interval: float = 0.5) -> "ProgressReporter":
+        return ProgressReporter(self._actor, key, interval)
+
+    def read(self) -> dict[Any, dict[str, int]]:
+        """The latest counts; the last ones read if the board is unreachable (progress is advisory)."""
+        import ray
+
+        try:
+            self._last = ray.get(self._actor.read.remote())
+        except ray.exceptions.RayActorError:
+            pass
+        return self._last
+
+
+class ProgressReporter:
+    """Called inside a task with the task's cumulative counts; forwards them, rate-limited."""
+
+    def __init__(self, actor: Any, key: Any, interval: float) -> None:
+        self._actor, self._key, self._interval = actor, key, interval
+        self._last_sent = 0.0
+
+    def __call__(self, counts: dict[str, int], *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_sent >= self._interval:
+            self._last_sent = now
+            self._actor.report.remote(self._key, dict(counts))
+
+
+class _Board:
+    def __init__(self) -> None:
+        self._counts: dict[Any, dict[str, int]] = {}
+
+    def report(self, key: Any, counts: dict[str, int]) -> None:
+        self._counts[key] = counts
+
+    def read(self) -> dict[Any, dict[str, int]]:
+        return dict(self._counts)
+
+
+def run_on_actors(
+    actor_class: type,
+    init_arguments: tuple,
+    method: str,
+    argument_lists: Iterable[tuple],
+    *,
+    actors: int,
+    description: str,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    setup_method: str | None = None,
+    on_setup: Callable[[Any], None] | None = None,
+    on_result: Callable[[Any], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+    tick_seconds: float = 1.0,
+    total: int | None = None,
+    unit: str = "task",
+    show_progress: bool = True,
+    max_restarts: int = 1,
+) -> list[Any]:
+    """Start ``actors`` instances of ``actor_class`` (state such as a model is built once per actor,
+    in the actor) and call ``method(*args)`` on whichever is idle; results in completion order.
+
+    ``setup_method`` runs on every actor first, so that a failure to build the state (a missing
+    checkpoint, no GPU) ends the job before any work is handed out; ``on_setup`` sees each result.
+    ``on_tick`` is called every ``tick_seconds`` while work runs (to read live counters).
+    Actors are killed when the work is done or fails, which frees their CPUs and GPUs. A call whose
+    actor dies (its worker or node lost) is redone on a live actor, so calls must be idempotent.
+    """
+    import ray
+
+    remote_class = ray.remote(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_restarts
+    )(actor_class)
+    handles = [remote_class.remote(*init_arguments) for _ in range(actors)]
+    try:
+        if setup_method is not None:
+            for ready in ray.get([getattr(handle, setup_method).remote() for handle in handles]):
+                if on_setup is not None:
+                    on_setup(ready)
+        pending_arguments = iter(argument_lists)
+        exhausted = False
+        lost: list[tuple[tuple, int]] = []  # calls whose actor died mid-call, with their attempt count
+        recovering: list[tuple[Any, float]] = []  # actors that were unavailable, and when to probe them
+        # ref -> (actor, call arguments or None for a readiness probe, attempt)
+        in_flight: dict[Any, tuple[Any, tuple | None, int]] = {}
+        idle, results = list(handles), []
+        last_progress = time.monotonic()
+        with tqdm(total=total, desc=description, unit=unit, mininterval=1.0, disable=not show_progress) as progress:
+            while True:
+                while idle and (lost or not exhausted):
+                    if lost:
+                        arguments, attempt = lost.pop()
+                    elif (arguments := next(pending_arguments, None)) is not None:
+                        attempt = 1
+                    else:
+                        exhausted = True
+                        break
+                    handle = idle.pop()
+                    in_flight[getattr(handle, method).remote(*arguments)] = (handle, arguments, attempt)
+                now = time.monotonic()
+                for entry in [entry for entry in recovering if entry[1] <= now]:
+                    recovering.remove(entry)
+                    in_flight[entry[0].__ray_ready__.remote()] = (entry[0], None, 0)
+                calls = sum(1 for _, arguments, _ in in_flight.values() if arguments is not None)
+                if calls == 0 and exhausted and not lost:
+                    return results
+                stalled = now - last_progress > _ACTOR_RECOVERY_SECONDS
+                if calls == 0 and not idle and (stalled or not (in_flight or recovering)):
+                    raise RuntimeError(f"{description}: no live actor left; {len(lost)} calls left undone")
+                if not in_flight:
+                    time.sleep(max(0.0, min(when for _, when in recovering) - now))  # pacing the next probe
+                    continue
+                timeout = tick_seconds if on_tick else None
+                if recovering:
+                    timeout = min(timeout or _PROBE_SECONDS, _PROBE_SECONDS)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
+                if on_tick is not None:
+                    on_tick()
+                if not done:
+                    continue
+                handle, arguments, attempt = in_flight.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayActorError as error:
+                    if not isinstance(error, ray.exceptions.ActorDiedError):
+                        recovering.append((handle, time.monotonic() + _PROBE_SECONDS))  # restarting: probe it
+                    if arguments is None:
+                        continue
+                    # The actor's worker or node died mid-call: the call is redone on a live actor
+                    # (calls must be idempotent), a bounded number of times, then the job fails.
+                    if attempt >= _ACTOR_CALL_ATTEMPTS:
+                        raise RuntimeError(
+                            f"{description}: call {arguments[:1]!r} lost its actor {attempt} times: {error}"
+                        ) from error
+                    lost.append((arguments, attempt + 1))
+                    continue
+                last_progress = time.monotonic()
+                idle.append(handle)
+                if arguments is None:  # a probe: the actor is back
+                    continue
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                progress.update(1)
+    finally:
+        for handle in handles:
+            ray.kill(handle)

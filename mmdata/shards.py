@@ -3,6 +3,7 @@ refuses hostile members instead of trusting them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -63,9 +64,14 @@ class ShardWriter:
         return self.path
 
     def abort(self) -> None:
-        self._tar.close()
-        self._file.close()
-        self._temp.unlink(missing_ok=True)
+        """Remove the temporary tar, even when closing it fails (a full disk fails the final flush)."""
+        try:
+            with contextlib.suppress(OSError):
+                self._tar.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
+        finally:
+            self._temp.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
         return self

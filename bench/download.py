@@ -1,0 +1,209 @@
+"""Benchmark: ``mmdata download`` against img2dataset 1.47.0 on the same machine, same settings.
+
+A few thousand web-sized images (320-2048 px, mostly JPEG; generated once into ``.cache/``) are
+served by nginx on 127.0.0.1. Both tools run as whole commands (start-up included) with 256 px,
+border, jpg q95, 2 processes and the same thread count, alternating; the ceiling is bare
+decode+resize+encode of the same files with ``process_image`` on a 2-process pool.
+Targets: mmdata >= 1.5x img2dataset and >= 80% of the ceiling, with the same success count.
+
+    python bench/download.py --quick      # ~300 images, one round (minutes, most of it set-up)
+    python bench/download.py              # 3000 images, three rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, WORK, nginx_serving, side_venv, timed_run  # noqa: E402
+
+from mmdata.download.image import ImageOptions, process_image  # noqa: E402
+from mmdata.download.summary import load_shard_stats, total_stats  # noqa: E402
+
+IMAGES = CACHE / "bench-download" / "images-v2"
+IMG2DATASET = ["img2dataset==1.47.0"]
+# img2dataset checks albumentations for updates over the network unless told not to.
+IMG2DATASET_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1"}
+PROCESSES = 2
+ASPECTS = (4 / 3, 3 / 2, 1.0, 16 / 9, 3 / 4, 2 / 3, 9 / 16)
+
+
+def image_name(index: int) -> str:
+    """Mostly JPEG, as on the web: 85% jpg, 10% png, 5% webp; the set for N is a prefix of the set for N+1."""
+    bucket = index % 20
+    extension = "png" if bucket in (3, 13) else "webp" if bucket == 7 else "jpg"
+    return f"{index:06d}.{extension}"
+
+
+def make_image(index: int, *, grain: int) -> Image.Image:
+    """A photo-like image: smooth colour fields plus fine grain, so it compresses like a photo
+    (web JPEGs of these sizes weigh ~50-400 kB); ``grain=0`` gives a flat graphic, as web PNGs are."""
+    rng = np.random.default_rng(index)
+    long_side = int(rng.integers(320, 2049))
+    aspect = ASPECTS[int(rng.integers(len(ASPECTS)))]
+    width, height = (long_side, max(1, round(long_side / aspect))) if aspect >= 1 else (max(1, round(long_side * aspect)), long_side)
+    coarse = rng.integers(0, 256, size=(max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    if not grain:
+        return ImageOps.posterize(image, 3)  # few colours, flat areas
+    noise = rng.integers(-grain, grain + 1, size=(height, width, 1), dtype=np.int16)
+    pixels = np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def ensure_images(count: int) -> list[str]:
+    """Generate the first ``count`` images into the cache (once); returns their file names."""
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    names = [image_name(index) for index in range(count)]
+    missing = [index for index, name in enumerate(names) if not (IMAGES / name).exists()]
+    if missing:
+        print(f"generating {len(missing)} images into {IMAGES} (once) ...", file=sys.stderr)
+    for index in missing:
+        name = names[index]
+        image = make_image(index, grain=0 if name.endswith(".png") else 8)
+        partial = IMAGES / f".{name}.partial"
+        options = {"jpg": {"format": "JPEG", "quality": 85}, "png": {"format": "PNG"}, "webp": {"format": "WEBP", "quality": 80}}
+        image.save(partial, **options[name.rsplit(".", 1)[1]])
+        partial.rename(IMAGES / name)
+    return names
+
+
+def write_url_list(names: list[str], base_url: str, path: Path) -> None:
+    table = pa.table({"url": [f"{base_url}/{name}" for name in names], "caption": [f"picture {name}" for name in names]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def run_mmdata(urls: Path, output: Path, *, threads: int, shard_size: int) -> float:
+    shutil.rmtree(output, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "mmdata", "download", str(urls), "--output", str(output),
+        "--image-size", "256", "--resize-mode", "border", "--encode-format", "jpg", "--encode-quality", "95",
+        "--workers", str(PROCESSES), "--threads", str(threads), "--shard-size", str(shard_size),
+        "--timeout", "10", "--retries", "0", "--allow-network", "127.0.0.1/32",
+    ]
+    return timed_run(command, environment={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}, log=output.with_suffix(".log"))
+
+
+def run_img2dataset(binary: Path, urls: Path, output: Path, *, threads: int, shard_size: int) -> float:
+    shutil.rmtree(output, ignore_errors=True)
+    command = [
+        str(binary / "img2dataset"), "--url_list", str(urls), "--input_format", "parquet",
+        "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
+        "--output_folder", str(output), "--image_size", "256", "--resize_mode", "border",
+        "--encode_format", "jpg", "--encode_quality", "95", "--processes_count", str(PROCESSES),
+        "--thread_count", str(threads), "--number_sample_per_shard", str(shard_size),
+        "--timeout", "10", "--retries", "0", "--distributor", "multiprocessing", "--enable_wandb", "False",
+    ]
+    return timed_run(command, environment=IMG2DATASET_ENV, log=output.with_suffix(".log"))
+
+
+def _process_file(path: str) -> bool:
+    options = ImageOptions(image_size=256, resize_mode="border", encode_format="jpg", encode_quality=95)
+    return process_image(Path(path).read_bytes(), options).status == "success"
+
+
+def measure_ceiling(names: list[str]) -> tuple[float, int]:
+    """Images/s of bare decode+resize+encode on a warm 2-process pool (reading the files included)."""
+    paths = [str(IMAGES / name) for name in names]
+    with ProcessPoolExecutor(PROCESSES) as pool:
+        list(pool.map(_process_file, paths[:PROCESSES]))  # start and warm the workers
+        start = time.perf_counter()
+        successes = sum(pool.map(_process_file, paths, chunksize=8))
+        seconds = time.perf_counter() - start
+    return len(paths) / seconds, successes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 images, one round")
+    parser.add_argument("--images", type=int, help="number of images (default 3000, quick 300)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, default=32, help="threads per process, both tools (default 32)")
+    parser.add_argument("--skip-img2dataset", action="store_true", help="measure mmdata and the ceiling only")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    count = args.images or (300 if args.quick else 3000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    shard_size = max(25, math.ceil(count / 8))  # several shards per process, for both tools
+
+    names = ensure_images(count)
+    img2dataset_bin = None if args.skip_img2dataset else side_venv("bench-img2dataset-venv", IMG2DATASET, environment=IMG2DATASET_ENV)
+    work = WORK / "download"
+    urls = work / "urls.parquet"
+
+    # Whole command (start-up included) and processing only (shards' own start/end times: both tools
+    # write them to their stats files), so fixed start-up costs do not hide per-image speed.
+    rates: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
+    processing_rates: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
+    successes: dict[str, int] = {}
+    ceilings: list[float] = []
+    with nginx_serving(IMAGES, probe=names[0]) as base_url:
+        write_url_list(names, base_url, urls)
+        for round_index in range(rounds):
+            ceiling, decodable = measure_ceiling(names)
+            ceilings.append(ceiling)
+            print(f"round {round_index + 1} ceiling      {ceiling:6.0f} images/s (process_image, {PROCESSES} processes, "
+                  f"{decodable} decodable)", flush=True)
+            tools = ["mmdata", "img2dataset"] if round_index % 2 == 0 else ["img2dataset", "mmdata"]
+            for tool in tools:
+                if tool == "img2dataset" and img2dataset_bin is None:
+                    continue
+                output = work / tool
+                if tool == "mmdata":
+                    seconds = run_mmdata(urls, output, threads=args.threads, shard_size=shard_size)
+                else:
+                    seconds = run_img2dataset(img2dataset_bin, urls, output, threads=args.threads, shard_size=shard_size)
+                shard_stats = load_shard_stats(output)
+                totals = total_stats(shard_stats)
+                window = max(s["end_time"] for s in shard_stats) - min(s["start_time"] for s in shard_stats)
+                successes[tool] = totals["successes"]
+                rates[tool].append(count / seconds)
+                processing_rates[tool].append(count / window)
+                print(f"round {round_index + 1} {tool:<12} {seconds:6.1f} s  {count / seconds:6.0f} images/s whole command, "
+                      f"{count / window:6.0f} images/s from first shard start to last shard end  "
+                      f"{totals['successes']}/{totals['count']} stored", flush=True)
+
+    ceiling = statistics.median(ceilings)
+    figures = {"images": count, "rounds": rounds, "threads": args.threads, "processes": PROCESSES,
+               "ceiling_images_per_s": round(ceiling, 1), "successes": successes, "quick": args.quick}
+    for tool in rates:
+        if rates[tool]:
+            figures[f"{tool}_images_per_s"] = round(statistics.median(rates[tool]), 1)
+            figures[f"{tool}_processing_images_per_s"] = round(statistics.median(processing_rates[tool]), 1)
+    whole, processing = figures["mmdata_images_per_s"], figures["mmdata_processing_images_per_s"]
+    figures["mmdata_of_ceiling"] = round(whole / ceiling, 3)
+    figures["mmdata_processing_of_ceiling"] = round(processing / ceiling, 3)
+    print(f"\nceiling: {ceiling:.0f} images/s (decode+resize+encode, {PROCESSES} processes)")
+    print(f"mmdata: {whole:.0f} images/s whole command ({100 * whole / ceiling:.0f}% of the ceiling), "
+          f"{processing:.0f} images/s processing ({100 * processing / ceiling:.0f}%; target >= 80%)")
+    if "img2dataset_images_per_s" in figures:
+        other, other_processing = figures["img2dataset_images_per_s"], figures["img2dataset_processing_images_per_s"]
+        figures["ratio"] = round(whole / other, 2)
+        figures["processing_ratio"] = round(processing / other_processing, 2)
+        print(f"img2dataset: {other:.0f} images/s whole command, {other_processing:.0f} images/s processing")
+        print(f"mmdata / img2dataset: {whole / other:.2f}x whole command, {processing / other_processing:.2f}x processing "
+              "(target >= 1.5x)")
+        print(f"successes: mmdata {successes['mmdata']}, img2dataset {successes['img2dataset']} of {count}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

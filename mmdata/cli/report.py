@@ -1,0 +1,20 @@
+"""``mmdata report DIR -o report.html``: the curation report as one self-contained HTML file."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="write a self-contained HTML report of a dataset's curation")
+    parser.add_argument("dataset", help="dataset folder (the --output of mmdata download)")
+    parser.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    parser.add_argument("--view", help="view whose clip-score threshold to draw (default: the first with a score rule)")
+    parser.add_argument("--grid-size", type=int, default=12, help="samples in each threshold grid")
+    parser.set_defaults(handler=_run)
+
+
+def _run(arguments) -> int:
+    from mmdata.report.html import write_report
+
+    path = write_report(arguments.dataset, arguments.output, view=arguments.view, grid_size=arguments.grid_size)
+    print(path)
+    return 0

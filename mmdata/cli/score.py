@@ -1,0 +1,75 @@
+"""``mmdata score DIR --model M --pretrained P``: CLIP-score every stored sample of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="CLIP-score every stored image-caption pair of a dataset",
+        description="Embed every stored sample with an open_clip model on Ray actors and write "
+        "DIR/scores/<model_id>/<shard>.parquet (key, clip_score, score_error, embeddings). "
+        "Re-running skips the shards already scored.",
+    )
+    parser.add_argument("dataset", metavar="DIR", help="dataset folder written by mmdata download or img2dataset")
+    parser.add_argument("--model", required=True, help="open_clip model name (ViT-B-32) or a model-config JSON path")
+    parser.add_argument(
+        "--pretrained",
+        help="open_clip pretrained tag or hf-hub:org/name (need a network), or a local checkpoint "
+        "(.pt/.pth state dict or training checkpoint, .safetensors); omit for random weights",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: GPU when an actor sees one")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="fp16/bf16: autocast on GPU")
+    parser.add_argument(
+        "--actors", type=int, help="model replicas (default: 1 on CPU; on GPUs one per 4 CPUs, at most 4 per GPU)"
+    )
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs each actor asks Ray for (fractions share one GPU)")
+    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor for decoding (default: shared out)")
+    parser.add_argument("--decode-workers", type=int, help="decode threads per actor (default: its CPUs)")
+    parser.add_argument("--no-embeddings", action="store_true", help="keep only the scores, not the embeddings")
+    parser.add_argument("--default", action="store_true", help="make this model the one read_table shows as clip_score")
+    parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from mmdata.score.config import ScoreConfig
+    from mmdata.score.job import score
+
+    config = ScoreConfig(
+        dataset=arguments.dataset,
+        model=arguments.model,
+        pretrained=arguments.pretrained,
+        batch_size=arguments.batch_size,
+        device=arguments.device,
+        precision=arguments.precision,
+        actors=arguments.actors,
+        gpus_per_actor=arguments.gpus_per_actor,
+        cpus_per_actor=arguments.cpus_per_actor,
+        decode_workers=arguments.decode_workers,
+        no_embeddings=arguments.no_embeddings,
+        default=arguments.default,
+        ray_address=arguments.ray_address,
+        show_progress=not arguments.quiet,
+    )
+    summary = score(config)
+    counts = summary["counts"]
+    print(
+        f"{summary['model_id']}: {summary['shards'] - summary['shards_skipped']} shard(s) scored, "
+        f"{summary['shards_skipped']} already done; {counts.get('scored', 0)} samples scored, "
+        f"{counts.get('samples', 0) - counts.get('scored', 0)} failed "
+        f"({', '.join(f'{name}={value}' for name, value in counts.items() if name.startswith('failed_')) or 'none'}); "
+        f"{summary['samples_per_second']:.1f} samples/s -> {summary['output_dir']}"
+    )
+    for failure in summary["failures"]:
+        print(f"shard failed (re-run to retry): {failure}", file=sys.stderr)
+    if summary["failures"]:
+        print(json.dumps({"shards_failed": len(summary["failures"])}), file=sys.stderr)
+        return 1
+    return 0

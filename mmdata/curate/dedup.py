@@ -1,0 +1,252 @@
+"""Three-tier dedup → ``DIR/annotations/dedup.parquet``: exact, near (perceptual hash), semantic.
+
+Every tier contributes duplicate pairs; union-find merges them, so transitive duplicates form one
+group, and each group keeps one sample: the highest ``clip_score`` (ties: the smallest key). Every
+other member gets ``duplicate_of`` (the kept sample), ``dup_reason`` (the first tier at which it
+joined the kept sample's group, in the order exact → near → semantic) and ``dup_similarity``
+(measured between it and the kept sample: 1.0 exact, 1 - hamming/64 near, the cosine semantic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmdata import layout
+from mmdata.atomic import write_parquet
+from mmdata.curate.components import connected_components
+from mmdata.curate.hashes import HASH_BITS, NearHashes, dataset_hashes, near_distance, near_matches
+from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges
+from mmdata.schemas.annotations import DEDUP_SCHEMA
+from mmdata.schemas.samples import SUCCESS
+
+DEDUP_METADATA_KEY = b"mmdata.dedup"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    exact: bool = True
+    near: bool = False
+    hamming: int = 8  # near tier: largest pHash Hamming distance (of 64 bits) still called a duplicate
+    colour_tolerance: float = 24.0  # near tier: largest difference of the RGB means/standard deviations
+    semantic: bool = False
+    eps: float = 0.05  # semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates
+    clusters: int | None = None  # semantic tier: k-means clusters (None: one per ~1,000 embeddings)
+    model: str | None = None  # score model whose embeddings and clip_score to use (None: the default)
+    processes: int | None = None  # 1: everything in this process; otherwise Ray where it pays
+    ray_min_rows: int = 2_000_000  # semantic tier: fan clusters out to Ray from this many embeddings
+
+    def __post_init__(self) -> None:
+        if not (self.exact or self.near or self.semantic):
+            raise ValueError("no dedup tier selected: pass exact, near and/or semantic")
+        if not 0 <= self.hamming <= 24:
+            raise ValueError(f"hamming must be in [0, 24] bits of 64, got {self.hamming} (8 is a good start)")
+        if self.colour_tolerance < 0:
+            raise ValueError(f"colour_tolerance must be >= 0 (0-255 levels), got {self.colour_tolerance}")
+        SemanticConfig(eps=self.eps, clusters=self.clusters)
+
+
+@dataclass
+class DedupResult:
+    table: pa.Table  # DEDUP_SCHEMA, one row per examined sample
+    counts: dict[str, int] = field(default_factory=dict)  # examined, kept, exact, near, semantic, ...
+    path: Path | None = None
+
+    def explanation(self) -> pa.Table:
+        """The dropped samples only: key, kept twin, tier, similarity."""
+        return self.table.filter(pc.is_valid(self.table.column("duplicate_of")))
+
+
+@dataclass
+class DedupInputs:
+    """Per-sample inputs of :func:`find_duplicates`, aligned by row; ``None`` for a tier not run."""
+
+    keys: list[str]
+    scores: np.ndarray  # float, -inf where unscored (never kept over a scored twin)
+    sha256: list[str | None] | None = None
+    pixel_hash: list[str | None] | None = None
+    near: NearHashes | None = None  # perceptual hashes of the rows in near_rows
+    near_rows: np.ndarray | None = None  # int: which sample each near hash belongs to
+    embeddings: np.ndarray | None = None  # [m, d] rows for embedding_rows
+    embedding_rows: np.ndarray | None = None  # int: which sample each embedding belongs to
+
+
+def find_duplicates(inputs: DedupInputs, config: DedupConfig) -> DedupResult:
+    """The dedup decision over in-memory inputs (no I/O)."""
+    count = len(inputs.keys)
+    labels = {}
+    current = np.arange(count, dtype=np.int64)
+    if config.exact:
+        left, right = _equal_value_edges(inputs.sha256)
+        left2, right2 = _equal_value_edges(inputs.pixel_hash)
+        current = connected_components(count, np.concatenate([left, left2]), np.concatenate([right, right2]), current)
+        labels["exact"] = current
+    if config.near:
+        query, reference, _ = near_matches(inputs.near, inputs.near, config.hamming, config.colour_tolerance)
+        different = query != reference
+        rows = inputs.near_rows
+        current = connected_components(count, rows[query[different]], rows[reference[different]], current)
+        labels["near"] = current
+    if config.semantic:
+        semantic = SemanticConfig(eps=config.eps, clusters=config.clusters)
+        use_ray = config.processes != 1 and len(inputs.embedding_rows) >= config.ray_min_rows
+        left, right = semantic_edges(inputs.embeddings, semantic, use_ray=use_ray)
+        current = connected_components(count, inputs.embedding_rows[left], inputs.embedding_rows[right], current)
+        labels["semantic"] = current
+
+    kept_of_row = _kept_members(current, inputs.keys, inputs.scores)
+    dropped = np.flatnonzero(kept_of_row != np.arange(count))
+    reasons = np.empty(len(dropped), dtype=object)
+    similarity = np.full(len(dropped), np.nan, dtype=np.float32)
+    undecided = np.ones(len(dropped), dtype=bool)
+    for tier, tier_labels in labels.items():
+        joined = undecided & (tier_labels[dropped] == tier_labels[kept_of_row[dropped]])
+        reasons[joined] = tier
+        undecided &= ~joined
+    similarity[reasons == "exact"] = 1.0
+    # measured directly between each dropped row and its kept twin; left null where one of the two
+    # lacks the tier's data (a row can join a group through another member)
+    if config.near:
+        rows, a, b = _measurable(reasons == "near", dropped, kept_of_row, inputs.near_rows, count)
+        similarity[rows] = 1.0 - near_distance(inputs.near.take(a), inputs.near.take(b)) / HASH_BITS
+    if config.semantic:
+        rows, a, b = _measurable(reasons == "semantic", dropped, kept_of_row, inputs.embedding_rows, count)
+        similarity[rows] = np.einsum("ij,ij->i", normalised(inputs.embeddings[a]), normalised(inputs.embeddings[b]))
+
+    duplicate_of = np.full(count, None, dtype=object)
+    dup_reason = np.full(count, None, dtype=object)
+    dup_similarity = np.full(count, np.nan, dtype=np.float32)
+    keys = np.asarray(inputs.keys, dtype=object)
+    duplicate_of[dropped] = keys[kept_of_row[dropped]]
+    dup_reason[dropped] = reasons
+    dup_similarity[dropped] = similarity
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "duplicate_of": pa.array(duplicate_of, pa.string()),
+            "dup_reason": pa.array(dup_reason, pa.string()),
+            "dup_similarity": pa.array(dup_similarity, pa.float32(), mask=np.isnan(dup_similarity)),
+        }
+    )
+    counts = {"examined": count, "kept": count - len(dropped)}
+    for tier in ("exact", "near", "semantic"):
+        if tier in labels:
+            counts[tier] = int((reasons == tier).sum())
+    return DedupResult(table, counts)
+
+
+def dedup(
+    root: str | os.PathLike,
+    *,
+    exact: bool = True,
+    near: bool = False,
+    hamming: int = 8,
+    colour_tolerance: float = 24.0,
+    semantic: bool = False,
+    eps: float = 0.05,
+    clusters: int | None = None,
+    model: str | None = None,
+    processes: int | None = None,
+) -> DedupResult:
+    """Dedup the successful samples of dataset ``root``; writes ``annotations/dedup.parquet``.
+
+    Hashes come from the per-shard cache (computed from the tars on first use, in parallel);
+    the semantic tier needs a score run with embeddings (``mmdata score``).
+    """
+    config = DedupConfig(
+        exact=exact, near=near, hamming=hamming, colour_tolerance=colour_tolerance,
+        semantic=semantic, eps=eps, clusters=clusters, model=model, processes=processes,
+    )
+    from mmdata.score import store
+    from mmdata.table import read_embeddings, read_table
+
+    root = Path(root)
+    if not layout.complete_shards(root):
+        raise ValueError(f"{root} holds no complete shard: download into it first (mmdata download)")
+    if model is not None and model not in store.scored_models(root):
+        raise ValueError(f"no score run {model!r} in {root}/scores (runs: {store.scored_models(root) or 'none'})")
+    # which twin is kept: the best clip_score of the chosen model (or the default one), if scored
+    score_column = f"{store.SCORE_COLUMN_PREFIX}{model}" if model else ("clip_score" if store.default_model(root) else None)
+    samples = read_table(root, columns=["key", "status", *([score_column] if score_column else [])])
+    samples = samples.filter(pc.equal(samples.column("status"), SUCCESS))
+    keys = samples.column("key").to_pylist()
+    if score_column is not None:
+        scores = samples.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64)
+    else:
+        scores = np.full(len(keys), np.nan)
+    inputs = DedupInputs(keys=keys, scores=np.where(np.isnan(scores), -np.inf, scores))
+    if config.exact or config.near:
+        _attach_hashes(inputs, dataset_hashes(root, processes=processes))
+    if config.semantic:
+        embedding_keys, embeddings = read_embeddings(root, "image", model)
+        position = {key: row for row, key in enumerate(keys)}
+        pairs = [(position[key], row) for row, key in enumerate(embedding_keys) if key in position]
+        if not pairs:
+            raise ValueError(f"no image embeddings for the samples of {root}: run mmdata score (with embeddings) first")
+        sample_rows, embedding_rows = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
+        inputs.embedding_rows = sample_rows
+        # index only when some embeddings are dropped: a full fancy-index would copy the whole matrix
+        inputs.embeddings = embeddings if len(embedding_rows) == len(embeddings) else embeddings[embedding_rows]
+    result = find_duplicates(inputs, config)
+    settings = {"config": asdict(config), "counts": result.counts}
+    table = result.table.replace_schema_metadata({DEDUP_METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
+    path = layout.annotations_dir(root) / "dedup.parquet"
+    result.table = write_parquet(table, path, DEDUP_SCHEMA)
+    result.path = path
+    return result
+
+
+def _attach_hashes(inputs: DedupInputs, hashes: pa.Table) -> None:
+    """Align the hash table to the samples (a stored sample always has a hash row)."""
+    row_of = {key: row for row, key in enumerate(hashes.column("key").to_pylist())}
+    missing = [key for key in inputs.keys if key not in row_of]
+    if missing:
+        raise RuntimeError(f"no hash rows for {len(missing)} successful samples (e.g. {missing[:3]}): the tars and metadata disagree")
+    aligned = hashes.take(pa.array([row_of[key] for key in inputs.keys], pa.int64()))
+    inputs.sha256 = aligned.column("sha256").to_pylist()
+    inputs.pixel_hash = aligned.column("pixel_hash").to_pylist()
+    inputs.near_rows, inputs.near = NearHashes.from_table(aligned)
+
+
+def _equal_value_edges(values: list[str | None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Edges joining every row to the first row holding the same (non-null) value."""
+    if values is None:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    first: dict[str, int] = {}
+    left, right = [], []
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        owner = first.setdefault(value, row)
+        if owner != row:
+            left.append(row)
+            right.append(owner)
+    return np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+
+
+def _measurable(selected: np.ndarray, dropped: np.ndarray, kept_of_row: np.ndarray, data_rows: np.ndarray, count: int):
+    """Of the ``selected`` dropped rows, those where both the row and its kept twin have data:
+    (positions in ``dropped``, the row's data index, the twin's data index)."""
+    position = np.full(count, -1, dtype=np.int64)
+    position[data_rows] = np.arange(len(data_rows))
+    rows = np.flatnonzero(selected)
+    a, b = position[dropped[rows]], position[kept_of_row[dropped[rows]]]
+    both = (a >= 0) & (b >= 0)
+    return rows[both], a[both], b[both]
+
+
+def _kept_members(labels: np.ndarray, keys: list[str], scores: np.ndarray) -> np.ndarray:
+    """For each row, the row its group keeps: highest score, then smallest key."""
+    key_rank = np.argsort(np.argsort(np.asarray(keys, dtype=object), kind="stable"), kind="stable")
+    order = np.lexsort((key_rank, -np.asarray(scores, dtype=np.float64)))
+    sorted_labels = labels[order]
+    unique_labels, first = np.unique(sorted_labels, return_index=True)
+    kept_of_label = np.empty(len(labels), dtype=np.int64)
+    kept_of_label[unique_labels] = order[first]
+    return kept_of_label[labels]

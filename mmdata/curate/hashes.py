@@ -1,0 +1,279 @@
+"""Image hashes for the exact and near dedup tiers, computed once per shard and cached.
+
+* ``sha256``: the stored image bytes; ``pixel_hash``: the decoded RGB pixels (same picture, other
+  encoder settings or container).
+* ``phash``: a 64-bit perceptual hash (DCT of the 32×32 grey thumbnail, bits above the median of
+  the 8×8 low-frequency block). A plain pHash moves 8–16 bits under a 5% crop, as far as unrelated
+  pictures can be, so each image also gets ``crop_hashes``: the pHashes of its nine 95% crops (three
+  offsets per axis). Two images are near duplicates when the full hash of one lies within the
+  Hamming radius of any hash (full or crop) of the other. On the test corpus, crops then move 2–6
+  bits, re-encodes, resizes and small colour shifts 0–4, and same-colour pictures of other shapes
+  stay 26+ away.
+* ``colour_moments``: mean and standard deviation of each RGB channel. A grey-level hash cannot
+  tell a red scene from a green one of the same brightness layout, and unrelated pictures do collide
+  within 8 bits now and then; near duplicates must also agree on these six numbers within
+  ``colour_tolerance`` (re-encodes, crops and small colour shifts move them ≤ 13, the rare unrelated
+  pHash collisions by 60+).
+
+Cache: ``DIR/annotations/.hashes/<shard>.parquet`` (hidden, so ``read_table`` does not join it),
+recomputed when missing or written by another ``HASH_VERSION``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageStat
+
+from mmdata import layout
+from mmdata.atomic import write_parquet
+from mmdata.shards import iter_samples
+
+HASH_VERSION = "4"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+CROP_FRACTION = 0.95
+CROP_OFFSETS = (0.0, 0.025, 0.05)
+CROP_COUNT = len(CROP_OFFSETS) ** 2
+THUMB_SIZE = 128
+HASH_BITS = 64
+
+HASH_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("pixel_hash", pa.string()),
+        pa.field("phash", pa.uint64()),
+        pa.field("crop_hashes", pa.list_(pa.uint64(), CROP_COUNT)),
+        pa.field("colour_moments", pa.list_(pa.float32(), 6)),  # RGB means, then RGB standard deviations
+        pa.field("hash_error", pa.string()),  # why the hashes are null (no image member, undecodable)
+    ],
+    metadata={"mmdata.schema": "hashes/1", "mmdata.hash_version": HASH_VERSION},
+)
+
+
+@dataclass(frozen=True)
+class ImageHashes:
+    sha256: str
+    pixel_hash: str
+    phash: int
+    crop_hashes: tuple[int, ...]
+    colour_moments: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class NearHashes:
+    """The near tier's hashes of n images, as arrays aligned by row."""
+
+    phash: np.ndarray  # uint64 [n]
+    crops: np.ndarray  # uint64 [n, CROP_COUNT]
+    colours: np.ndarray  # float32 [n, 6]
+
+    def take(self, rows: np.ndarray) -> "NearHashes":
+        return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows])
+
+    def __len__(self) -> int:
+        return len(self.phash)
+
+    @classmethod
+    def from_table(cls, hashes: pa.Table) -> tuple[np.ndarray, "NearHashes"]:
+        """(row ids of the rows that have hashes, their NearHashes) from a HASH_SCHEMA table."""
+        valid = np.flatnonzero(hashes.column("phash").is_valid().to_numpy(zero_copy_only=False))
+        usable = hashes.take(pa.array(valid, pa.int64()))
+        crops = usable.column("crop_hashes").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        colours = usable.column("colour_moments").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return valid, cls(
+            usable.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64),
+            crops.astype(np.uint64).reshape(len(valid), CROP_COUNT),
+            colours.astype(np.float32).reshape(len(valid), 6),
+        )
+
+
+def _dct_matrix(size: int) -> np.ndarray:
+    k = np.arange(size)[:, None]
+    i = np.arange(size)[None, :]
+    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * size)) * np.sqrt(2 / size)
+    matrix[0] /= np.sqrt(2)
+    return matrix.astype(np.float64)
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def phash_of(grey: Image.Image, box: tuple[float, float, float, float] | None = None) -> int:
+    """64-bit pHash of a greyscale image (or of its ``box`` region): low 8×8 DCT block of the
+    32×32 thumbnail vs its median."""
+    thumb = np.asarray(grey.resize((32, 32), Image.BILINEAR, box=box), dtype=np.float64)
+    block = (_DCT32 @ thumb @ _DCT32.T)[:8, :8].reshape(-1)
+    bits = block > np.median(block[1:])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def image_hashes(blob: bytes) -> ImageHashes:
+    """All hashes of one encoded image; raises what Pillow raises on undecodable bytes."""
+    with Image.open(io.BytesIO(blob)) as opened:
+        rgb = opened.convert("RGB")
+    pixels = hashlib.blake2b(f"{rgb.width}x{rgb.height}:".encode(), digest_size=16)
+    pixels.update(rgb.tobytes())
+    # every hash is taken from one 128×128 grey thumbnail: ten resamplings of it cost less than
+    # ten of a full-size picture, and the 32×32 hash input is the same to within rounding
+    grey = rgb.convert("L").resize((THUMB_SIZE, THUMB_SIZE), Image.BOX)
+    crops = [
+        phash_of(grey, (THUMB_SIZE * fx, THUMB_SIZE * fy, THUMB_SIZE * (fx + CROP_FRACTION), THUMB_SIZE * (fy + CROP_FRACTION)))
+        for fx in CROP_OFFSETS
+        for fy in CROP_OFFSETS
+    ]
+    statistics = ImageStat.Stat(rgb)  # from the per-band histograms, in C
+    moments = tuple(float(v) for v in [*statistics.mean, *statistics.stddev])
+    return ImageHashes(hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), moments)
+
+
+def image_member(members: dict[str, bytes]) -> bytes | None:
+    for extension in IMAGE_EXTENSIONS:
+        if extension in members:
+            return members[extension]
+    return None
+
+
+def hash_rows(named_images: list[tuple[str, bytes | None]]) -> pa.Table:
+    """HASH_SCHEMA rows for ``(key, image bytes or None)``; failures become rows with ``hash_error``."""
+    rows = []
+    for key, blob in named_images:
+        if blob is None:
+            rows.append({"key": key, "hash_error": "no image member"})
+            continue
+        try:
+            hashes = image_hashes(blob)
+        except Exception as error:  # any decoder failure is a per-sample row, not a crash
+            rows.append({"key": key, "sha256": hashlib.sha256(blob).hexdigest(), "hash_error": f"{type(error).__name__}: {error}"})
+            continue
+        rows.append(
+            {"key": key, "sha256": hashes.sha256, "pixel_hash": hashes.pixel_hash, "phash": hashes.phash,
+             "crop_hashes": list(hashes.crop_hashes), "colour_moments": list(hashes.colour_moments)}
+        )
+    table = pa.Table.from_pylist(rows, schema=HASH_SCHEMA) if rows else HASH_SCHEMA.empty_table()
+    return table
+
+
+def cache_path(root: str | os.PathLike, shard: str) -> Path:
+    return layout.annotations_dir(root) / ".hashes" / f"{shard}.parquet"
+
+
+def hash_shard(root: str | os.PathLike, shard: str) -> str:
+    """Hash every stored sample of one shard into its cache file; returns the shard name."""
+    path = layout.tar_path(root, shard)
+    try:
+        named = [(key, image_member(members)) for key, members in iter_samples(path)]
+    except Exception as error:
+        raise RuntimeError(f"hashing shard {path}: {error}") from error
+    write_parquet(hash_rows(named), cache_path(root, shard), HASH_SCHEMA)
+    return shard
+
+
+def _cached(root: str | os.PathLike, shard: str) -> bool:
+    path = cache_path(root, shard)
+    if not path.exists():
+        return False
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(b"mmdata.hash_version") == HASH_VERSION.encode()
+
+
+def dataset_hashes(root: str | os.PathLike, *, processes: int | None = None) -> pa.Table:
+    """Hashes of every stored sample of the complete shards, computing only the shards not cached.
+
+    Missing shards are hashed in parallel as Ray tasks (one per shard) when more than one is missing
+    and ``processes`` is not 1.
+    """
+    shards = layout.complete_shards(root)
+    missing = [shard for shard in shards if not _cached(root, shard)]
+    if len(missing) > 1 and processes != 1:
+        from mmdata.execution import ray_session, run_tasks
+
+        with ray_session():
+            run_tasks(hash_shard, [(str(root), shard) for shard in missing], description="hashing shards", concurrency=processes, unit="shard")
+    else:
+        for shard in missing:
+            hash_shard(root, shard)
+    tables = [pq.read_table(cache_path(root, shard)) for shard in shards]
+    return pa.concat_tables(tables).cast(HASH_SCHEMA) if tables else HASH_SCHEMA.empty_table()
+
+
+def to_codes(values: np.ndarray) -> np.ndarray:
+    """uint64 hashes → ``[n, 8]`` uint8 rows, most significant byte first (faiss binary layout)."""
+    return np.ascontiguousarray(np.asarray(values, dtype=np.uint64).astype(">u8")).view(np.uint8).reshape(-1, 8)
+
+
+def hamming(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Bitwise Hamming distance between uint64 arrays (broadcasting)."""
+    xor = np.bitwise_xor(np.asarray(left, dtype=np.uint64), np.asarray(right, dtype=np.uint64))
+    return np.unpackbits(xor.astype(">u8").view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(axis=-1)
+
+
+def near_distance(left: NearHashes, right: NearHashes) -> np.ndarray:
+    """Hamming distance of aligned pairs: the smallest between the full hash of one and any hash
+    (full or crop) of the other."""
+    full = hamming(left.phash, right.phash)
+    left_in_right = hamming(left.phash[:, None], right.crops).min(axis=1)
+    right_in_left = hamming(right.phash[:, None], left.crops).min(axis=1)
+    return np.minimum(full, np.minimum(left_in_right, right_in_left))
+
+
+def colour_distance(left: NearHashes, right: NearHashes) -> np.ndarray:
+    """Largest difference of the six colour moments, per aligned pair."""
+    return np.abs(left.colours - right.colours).max(axis=1)
+
+
+def near_matches(
+    query: NearHashes,
+    reference: NearHashes,
+    radius: int,
+    colour_tolerance: float,
+    *,
+    exhaustive_limit: int = 2_000_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query row, reference row, Hamming distance) with :func:`near_distance` ≤ ``radius`` and
+    colour moments within ``colour_tolerance``; one row per pair.
+
+    Each side's full hashes are range-searched against the other side's full and crop hashes. Up to
+    ``exhaustive_limit`` indexed hashes the search is an exact faiss flat scan; beyond it, faiss's
+    multi-index hashing (4 tables of 16 bits, enough bit flips per table that, by pigeonhole, every
+    pair within ``radius`` shares a probed bucket), which is exact too but sub-quadratic.
+    """
+    found = []
+    for searched, indexed, swap in ((query, reference, False), (reference, query, True)):
+        codes = np.concatenate([indexed.phash[:, None], indexed.crops], axis=1)
+        owners = np.repeat(np.arange(len(indexed)), codes.shape[1])
+        searched_rows, indexed_rows = _range_search(to_codes(codes.reshape(-1)), to_codes(searched.phash), radius, exhaustive_limit)
+        indexed_rows = owners[indexed_rows]
+        found.append(np.stack([indexed_rows, searched_rows] if swap else [searched_rows, indexed_rows], axis=1))
+    pairs = np.unique(np.concatenate(found), axis=0)
+    if not len(pairs):
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    left, right = query.take(pairs[:, 0]), reference.take(pairs[:, 1])
+    distance = near_distance(left, right)
+    keep = (distance <= radius) & (colour_distance(left, right) <= colour_tolerance)
+    return pairs[keep, 0], pairs[keep, 1], distance[keep]
+
+
+def _range_search(index_codes: np.ndarray, query_codes: np.ndarray, radius: int, exhaustive_limit: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    if len(index_codes) == 0 or len(query_codes) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if len(index_codes) <= exhaustive_limit:
+        index = faiss.IndexBinaryFlat(HASH_BITS)
+    else:
+        tables, bits = 4, 16
+        index = faiss.IndexBinaryMultiHash(HASH_BITS, tables, bits)
+        index.nflip = max(0, -(-(radius + 1) // tables) - 1)
+    index.add(index_codes)
+    # faiss counts a distance < radius as inside; ask for radius + 1 to include the boundary
+    limits, _, neighbours = index.range_search(query_codes, radius + 1)
+    query_rows = np.repeat(np.arange(len(query_codes)), np.diff(limits).astype(np.int64))
+    return query_rows.astype(np.int64), neighbours.astype(np.int64)

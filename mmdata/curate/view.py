@@ -1,0 +1,113 @@
+"""Views: a filter's result as ``DIR/views/NAME.parquet``, the selected keys and where they live.
+
+Nothing is copied: a view holds key, uid, shard and the tar byte range (what the loader needs),
+plus the rules and the per-rule funnel as JSON in the schema metadata. ``reshard`` materialises one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmdata import layout
+from mmdata.atomic import write_parquet
+from mmdata.curate.rules import FilterConfig, Funnel, apply_rules, build_rules
+from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY, VIEW_SCHEMA
+
+_VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def view_path(root: str | os.PathLike, name: str) -> Path:
+    if not _VIEW_NAME.match(name or "") or name.endswith(".parquet"):
+        raise ValueError(f"view name {name!r}: use letters, digits, '_', '-', '.' (no path, no .parquet suffix)")
+    return layout.views_dir(root) / f"{name}.parquet"
+
+
+def select(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, Funnel, list[dict]]:
+    """Apply ``config`` to a ``read_table`` table: (selected VIEW_SCHEMA rows, funnel, resolved rules)."""
+    rules = build_rules(config, table.column_names)
+    keep, funnel = apply_rules(table, rules)
+    selected = table.filter(pa.array(keep)).select([name for name in VIEW_SCHEMA.names if name in table.column_names])
+    resolved = [{"rule": step["rule"], **{k: v for k, v in step.items() if k not in ("rule", "dropped")}} for step in funnel.steps]
+    return selected, funnel, resolved
+
+
+def filter_view(
+    root: str | os.PathLike,
+    *,
+    view: str,
+    min_clip_score: float | None = None,
+    top_fraction: float | None = None,
+    score_model: str | None = None,
+    min_size: int | None = None,
+    max_aspect_ratio: float | None = None,
+    min_caption_words: int | None = None,
+    max_caption_words: int | None = None,
+    caption_regex: str | None = None,
+    exclude_caption_regex: str | None = None,
+    drop_duplicates: bool = False,
+    exclude_contaminated: bool = False,
+    where: str | None = None,
+) -> pa.Table:
+    """Select samples of dataset ``root`` by AND-ed rules and write them as view ``view``.
+
+    Only successful samples are selectable (the funnel's first step). Returns the view table; its
+    schema metadata holds the rules (``RULES_KEY``) and the funnel (``FUNNEL_KEY``), see
+    :func:`view_funnel`.
+    """
+    config = FilterConfig(
+        min_clip_score=min_clip_score, top_fraction=top_fraction, score_model=score_model, min_size=min_size,
+        max_aspect_ratio=max_aspect_ratio, min_caption_words=min_caption_words, max_caption_words=max_caption_words,
+        caption_regex=caption_regex, exclude_caption_regex=exclude_caption_regex, drop_duplicates=drop_duplicates,
+        exclude_contaminated=exclude_contaminated, where=where,
+    )
+    path = view_path(root, view)
+    from mmdata.table import read_table
+
+    if not layout.complete_shards(root):
+        raise ValueError(f"{root} holds no complete shard: nothing to filter")
+    selected, funnel, resolved = select(read_table(root), config)
+    metadata = {
+        RULES_KEY: json.dumps({"config": config.to_dict(), "rules": resolved}, sort_keys=True, default=_json_number).encode(),
+        FUNNEL_KEY: json.dumps(funnel.to_dict(), sort_keys=True, default=_json_number).encode(),
+    }
+    return write_parquet(selected.replace_schema_metadata(metadata), path, VIEW_SCHEMA)
+
+
+def read_view(root: str | os.PathLike, name: str) -> pa.Table:
+    """The view's table (VIEW_SCHEMA, with rules and funnel in its metadata)."""
+    path = view_path(root, name)
+    if not path.exists():
+        existing = sorted(p.stem for p in layout.views_dir(root).glob("*.parquet")) if layout.views_dir(root).is_dir() else []
+        raise FileNotFoundError(f"no view {name!r} in {root} (views: {existing or 'none'}); make one with `mmdata filter`")
+    return pq.read_table(path)
+
+
+def view_funnel(view_table: pa.Table) -> dict:
+    return json.loads((view_table.schema.metadata or {}).get(FUNNEL_KEY, b"{}"))
+
+
+def view_rules(view_table: pa.Table) -> dict:
+    return json.loads((view_table.schema.metadata or {}).get(RULES_KEY, b"{}"))
+
+
+def format_funnel(funnel: dict) -> str:
+    """The funnel as aligned text lines: rows in, each rule's drop, rows out."""
+    lines = [f"{'rows in':<24}{funnel['rows_in']:>12,}"]
+    for step in funnel["steps"]:
+        extra = f"  (threshold {step['threshold']:.4f})" if step.get("threshold") is not None else ""
+        lines.append(f"{'- ' + step['rule']:<24}{-step['dropped']:>12,}{extra}")
+    lines.append(f"{'rows out':<24}{funnel['rows_out']:>12,}")
+    return "\n".join(lines)
+
+
+def _json_number(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,314 @@
+"""Turn a downloaded body into the stored image: refuse, decode, resize, re-encode.
+
+Resize semantics follow img2dataset's resizer so outputs are drop-in compatible: sizes are
+rounded the same way, ``border`` pads with white, alpha is composited over white. Speed comes
+from three things img2dataset does not do: size/aspect/pixel-bomb rules are checked from the
+header before any decode, JPEGs are decoded at a reduced DCT scale (``Image.draft``), and
+crops are folded into the resize (only the kept region is resampled).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, features
+
+# Our own max_image_pixels check runs first; Pillow's warning for the same thing is noise
+# (a filter rather than catch_warnings, which is not thread-safe before Python 3.14).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+ENCODE_FORMATS = ("jpg", "png", "webp")
+
+# Formats we agree to parse. Pillow knows many more (EPS would run Ghostscript); web images
+# are these. JPEG first: it is by far the most common, and open() tries formats in order.
+# MPO (phone JPEGs) opens through the JPEG plugin; AVIF only where Pillow was built with it.
+_READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF") + (("AVIF",) if features.check_module("avif") else ())
+# Signatures that make an unparseable body a broken image rather than something else.
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"RIFF", "WEBP"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_PNG_DEFAULT_LEVEL = 6  # zlib's default, used when encode_quality is a jpg-style 10..100
+_WHITE = (255, 255, 255)
+_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Pillow's resize of a (few) times larger image first box-reduces by an integer factor; 3.0 is
+# the gap its documentation calls indistinguishable from a full convolution.
+_REDUCING_GAP = 3.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageOptions:
+    """How bodies become stored images (img2dataset's options, same defaults)."""
+
+    image_size: int = 256
+    resize_mode: str = "border"
+    encode_format: str = "jpg"
+    # jpg/webp: quality 0..100. png: 0..9 is the zlib level (img2dataset's meaning); a
+    # jpg-style value above 9, like the default 95, means zlib's default level.
+    encode_quality: int = 95
+    min_image_size: int = 0  # on the original min(width, height)
+    max_aspect_ratio: float = math.inf  # on the original max side / min side
+    skip_reencode: bool = False  # keep the original bytes when nothing would change them
+    # Checked from the header before decoding. Pillow's own guard still refuses anything beyond
+    # twice its global Image.MAX_IMAGE_PIXELS (~179 M), whatever this says.
+    max_image_pixels: int = 89_478_485
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+        if self.encode_format not in ENCODE_FORMATS:
+            raise ValueError(f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {self.encode_format!r}")
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if not 0 <= self.encode_quality <= 100:
+            raise ValueError(f"encode_quality must be within 0..100, got {self.encode_quality!r}")
+        if self.min_image_size < 0:
+            raise ValueError(f"min_image_size must be >= 0, got {self.min_image_size!r}")
+        if not self.max_aspect_ratio >= 1:
+            raise ValueError(f"max_aspect_ratio must be >= 1 (inf for no limit), got {self.max_aspect_ratio!r}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels!r}")
+
+
+@dataclass
+class ImageResult:
+    """The outcome for one body; ``status`` is a value of ``mmdata.schemas.samples.STATUSES``."""
+
+    status: str
+    error_class: str | None = None
+    error_message: str | None = None
+    data: bytes | None = None
+    extension: str | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Geometry in original-image coordinates: resize the ``box`` region to ``resized``, then
+    paste it at ``offset`` on an ``output``-sized white canvas (border) or use it as is."""
+
+    resized: tuple[int, int]
+    box: tuple[float, float, float, float]
+    output: tuple[int, int]
+    offset: tuple[int, int] | None
+    draft_size: tuple[int, int]
+
+
+class _Refused(Exception):
+    def __init__(self, status: str, error_class: str, message: str):
+        super().__init__(message)
+        self.status, self.error_class, self.message = status, error_class, message
+
+
+def process_image(body: bytes, options: ImageOptions) -> ImageResult:
+    """Decode ``body`` and return the image to store, or why it is refused (never raises for a
+    bad body: failures are results)."""
+    original: tuple[int, int] | None = None
+    try:
+        image = _open(body)
+        original = image.size
+        _check_header(image, options)
+        plan = _plan(original, options)
+        if _can_keep_bytes(image, plan, options):
+            _verify(image)
+            return _success(body, options.encode_format, original, original)
+        return _success(_transform(image, plan, options), options.encode_format, plan.output, original)
+    except _Refused as refused:
+        return _failure(refused.status, refused.error_class, refused.message, original)
+    except Image.DecompressionBombError as error:
+        return _failure("failed_to_decode", "pixel_bomb", str(error), original)
+    except MemoryError:
+        return _failure("failed_to_decode", "out_of_memory", "decoding ran out of memory", original)
+    except Exception as error:  # noqa: BLE001 - decoders raise many types; each is a row, not a crash
+        message = f"{type(error).__name__}: {error}"
+        error_class = "truncated" if "truncated" in message.lower() else "corrupt"
+        return _failure("failed_to_decode", error_class, message, original)
+
+
+def _open(body: bytes) -> Image.Image:
+    """Parse the header only (Pillow's open is lazy: no pixel buffer is allocated yet)."""
+    try:
+        return Image.open(io.BytesIO(body), formats=_READ_FORMATS)
+    except Image.UnidentifiedImageError:
+        start = bytes(body[:64])
+        for magic, name in _MAGIC:
+            if start.startswith(magic) and (name != "WEBP" or start[8:12] == b"WEBP"):
+                raise _Refused("failed_to_decode", "corrupt", f"unreadable {name} header ({len(body)} bytes)") from None
+        start = start.lstrip().lower()
+        kind = "HTML" if start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) else "unrecognised data"
+        raise _Refused("failed_to_decode", "not_an_image", f"not an image ({kind}, {len(body)} bytes)") from None
+
+
+def _check_header(image: Image.Image, options: ImageOptions) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise _Refused("failed_to_decode", "corrupt", f"image header says {width}x{height}")
+    if width * height > options.max_image_pixels:
+        raise _Refused(
+            "failed_to_decode",
+            "pixel_bomb",
+            f"{width}x{height} = {width * height} pixels exceeds max_image_pixels {options.max_image_pixels}",
+        )
+    if min(width, height) < options.min_image_size:
+        raise _Refused(
+            "filtered", "too_small", f"image too small: {width}x{height} < min_image_size {options.min_image_size}"
+        )
+    if max(width, height) / min(width, height) > options.max_aspect_ratio:
+        raise _Refused(
+            "filtered",
+            "aspect_ratio",
+            f"aspect ratio too large: {width}x{height} > max_aspect_ratio {options.max_aspect_ratio}",
+        )
+
+
+def _plan(original: tuple[int, int], options: ImageOptions) -> _Plan:
+    """Output geometry as img2dataset computes it (albumentations' rounding and centring)."""
+    width, height = original
+    size = options.image_size
+    mode = options.resize_mode
+    full_box = (0.0, 0.0, float(width), float(height))
+    if mode == "no":
+        return _Plan(original, full_box, original, None, original)
+    side = min(width, height) if mode in ("keep_ratio", "center_crop") else max(width, height)
+    scale = size / side
+    resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if mode in ("keep_ratio", "keep_ratio_largest"):
+        return _Plan(resized, full_box, resized, None, resized)
+    if mode == "border":
+        if resized == (size, size):
+            return _Plan(resized, full_box, resized, None, resized)
+        offset = ((size - resized[0]) // 2, (size - resized[1]) // 2)
+        return _Plan(resized, full_box, (size, size), offset, resized)
+    # center_crop: crop the resized image to size x size; resample only that region.
+    crop_x, crop_y = (resized[0] - size) // 2, (resized[1] - size) // 2
+    to_source_x, to_source_y = width / resized[0], height / resized[1]
+    box = (
+        crop_x * to_source_x,
+        crop_y * to_source_y,
+        (crop_x + min(size, resized[0])) * to_source_x,
+        (crop_y + min(size, resized[1])) * to_source_y,
+    )
+    output = (min(size, resized[0]), min(size, resized[1]))
+    return _Plan(output, box, output, None, resized)
+
+
+def _can_keep_bytes(image: Image.Image, plan: _Plan, options: ImageOptions) -> bool:
+    return (
+        options.skip_reencode
+        and image.format == _PIL_FORMAT[options.encode_format]
+        and image.mode == "RGB"
+        and "transparency" not in image.info
+        and plan.output == image.size
+        and plan.resized == image.size
+        and not getattr(image, "is_animated", False)
+    )
+
+
+def _verify(image: Image.Image) -> None:
+    """Decode fully (cheaply: at 1/8 scale for JPEG) so a truncated body is not stored."""
+    image.draft("RGB", (1, 1))
+    image.load()
+
+
+def _transform(image: Image.Image, plan: _Plan, options: ImageOptions) -> bytes:
+    original = image.size
+    scale = 1.0
+    if plan.resized != original:
+        # Decode at the smallest DCT scale still at least the resized size (JPEG only). The
+        # drafted image is ceil(size / s) pixels; its content spans exactly size / s of them.
+        drafted = image.draft("RGB", plan.draft_size)
+        if drafted is not None:
+            scale = drafted[1][2] / original[0]
+    image = _decodable_mode(image)
+    if plan.resized != original or plan.box != (0.0, 0.0, float(original[0]), float(original[1])):
+        box = tuple(coordinate * scale for coordinate in plan.box)
+        downscale = (box[2] - box[0]) > plan.resized[0] or (box[3] - box[1]) > plan.resized[1]
+        image = image.resize(
+            plan.resized,
+            Image.Resampling.BICUBIC if downscale else Image.Resampling.LANCZOS,
+            box=box,
+            reducing_gap=_REDUCING_GAP if downscale else None,
+        )
+    image = _to_rgb(image)
+    if plan.offset is not None:
+        canvas = Image.new("RGB", plan.output, _WHITE)
+        canvas.paste(image, plan.offset)
+        image = canvas
+    return _encode(image, options)
+
+
+def _decodable_mode(image: Image.Image) -> Image.Image:
+    """Load and bring the pixels into a mode that resizes correctly (RGB, L, or with alpha)."""
+    image.load()
+    mode = image.mode
+    if mode in ("RGB", "L") and "transparency" in image.info:
+        return image.convert("RGBA" if mode == "RGB" else "LA")  # a PNG colour key (tRNS)
+    if mode in ("RGB", "L", "RGBA", "LA"):
+        return image
+    if mode == "P" or mode == "PA":
+        return image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+    if mode == "1":
+        return image.convert("L")
+    if mode in _SIXTEEN_BIT_GREY:
+        # 16-bit grey spans 0..65535; Pillow's own conversion to L clips instead of scaling.
+        pixels = np.asarray(image)
+        return Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), "L")
+    if mode in ("CMYK", "YCbCr", "RGBX", "RGBa", "La"):
+        return image.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
+    raise _Refused("failed_to_decode", "unsupported_mode", f"unsupported pixel mode {mode}")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any alpha composited over white (as img2dataset does)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "L":
+        return image.convert("RGB")
+    canvas = Image.new("RGB", image.size, _WHITE)
+    canvas.paste(image.convert("RGB"), mask=image.getchannel("A"))
+    return canvas
+
+
+def _encode(image: Image.Image, options: ImageOptions) -> bytes:
+    buffer = io.BytesIO()
+    if options.encode_format == "png":
+        level = options.encode_quality if options.encode_quality <= 9 else _PNG_DEFAULT_LEVEL
+        image.save(buffer, "PNG", compress_level=level)
+    else:
+        image.save(buffer, _PIL_FORMAT[options.encode_format], quality=options.encode_quality)
+    return buffer.getvalue()
+
+
+def _success(data: bytes, extension: str, size: tuple[int, int], original: tuple[int, int]) -> ImageResult:
+    return ImageResult(
+        status="success",
+        data=data,
+        extension=extension,
+        width=size[0],
+        height=size[1],
+        original_width=original[0],
+        original_height=original[1],
+    )
+
+
+def _failure(status: str, error_class: str, message: str, original: tuple[int, int] | None) -> ImageResult:
+    return ImageResult(
+        status=status,
+        error_class=error_class,
+        error_message=message,
+        original_width=original[0] if original else None,
+        original_height=original[1] if original else None,
+    )

@@ -1,0 +1,257 @@
+"""Read URL+caption tables (parquet, csv, tsv, jsonl, txt; optionally .gz) as fixed-size shards.
+
+Every input row becomes exactly one output row, in file order, files in sorted name order, so
+the same input always yields the same shards: resuming a download relies on it. Readers stream
+Arrow batches (a 3.3M-row TSV is never held as Python objects).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from mmdata.schemas.samples import SAMPLE_SCHEMA
+
+INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
+_EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
+_BLOCK_BYTES = 1 << 20  # the streaming CSV reader reads ~32 blocks ahead: keep that bounded
+_TXT_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """Where the URL table is and which of its columns to use."""
+
+    path: str
+    input_format: str | None = None  # default: from each file's extension (.gz stripped)
+    url_col: str = "url"
+    caption_col: str | None = "caption"  # a file without this column gets null captions
+    no_header: bool = False  # csv/tsv whose first line is data (CC3M)
+    columns: tuple[str, ...] | None = None  # names for a headerless file's columns
+    save_additional_columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", os.fspath(self.path))
+        for name in ("columns", "save_additional_columns"):
+            if isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} takes a sequence of names, e.g. ('caption', 'url'), not a string")
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "save_additional_columns", tuple(self.save_additional_columns))
+        if self.input_format is not None and self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
+        if not self.url_col:
+            raise ValueError("url_col must name the column holding the image URLs")
+        if self.caption_col == "":
+            object.__setattr__(self, "caption_col", None)
+        if self.columns is not None:
+            if not self.no_header:
+                raise ValueError("columns= names a headerless file's columns: pass no_header=True with it")
+            if len(set(self.columns)) != len(self.columns) or not all(self.columns):
+                raise ValueError(f"columns must be distinct non-empty names, got {self.columns!r}")
+            if self.url_col not in self.columns:
+                raise ValueError(f"columns {self.columns!r} must include url_col {self.url_col!r}")
+        elif self.no_header and self.input_format in ("csv", "tsv"):
+            raise ValueError("a headerless csv/tsv needs columns=, e.g. ('caption', 'url') for CC3M")
+        extra = self.save_additional_columns
+        if len(set(extra)) != len(extra):
+            raise ValueError(f"save_additional_columns has duplicates: {extra!r}")
+        for name in extra:
+            if name in (self.url_col, self.caption_col):
+                raise ValueError(f"{name!r} is already saved as url/caption; drop it from save_additional_columns")
+            if name in SAMPLE_SCHEMA.names:
+                raise ValueError(
+                    f"additional column {name!r} would overwrite the sample field of the same name; "
+                    "rename it in the input first"
+                )
+
+
+def input_files(spec: InputSpec) -> list[tuple[Path, str]]:
+    """The files to read with their formats: the file itself, or a folder's files of known
+    formats in sorted name order (hidden files skipped)."""
+    path = Path(spec.path)
+    if path.is_file():
+        found = [(path, spec.input_format or _format_from_name(path, strict=True))]
+    elif path.is_dir():
+        found = _folder_files(path, spec.input_format)
+    else:
+        raise ValueError(f"input {spec.path!r} does not exist")
+    for file_path, file_format in found:
+        if file_format == "parquet" and file_path.name.lower().endswith(".gz"):
+            raise ValueError(f"{str(file_path)!r}: parquet is compressed inside; decompress the .gz file first")
+    return found
+
+
+def _folder_files(path: Path, input_format: str | None) -> list[tuple[Path, str]]:
+    found = []
+    for child in sorted(path.iterdir(), key=lambda p: p.name):
+        if child.name.startswith((".", "_")) or not child.is_file():
+            continue
+        file_format = _format_from_name(child, strict=False)
+        if file_format is not None and input_format in (None, file_format):
+            found.append((child, file_format))
+    if not found:
+        wanted = input_format or "/".join(INPUT_FORMATS)
+        raise ValueError(f"no {wanted} files (optionally .gz) in folder {str(path)!r}")
+    return found
+
+
+def iter_input_shards(spec: InputSpec, shard_size: int) -> Iterator[pa.Table]:
+    """Consecutive tables of exactly ``shard_size`` rows (the last may be shorter) with columns
+    url, caption, then the additional columns in order."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size!r}")
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    schema = None
+    for batch in _iter_batches(spec):
+        if schema is None:
+            schema = batch.schema
+        elif batch.schema != schema:
+            batch = _cast_like(batch, schema)
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= shard_size:
+            table = pa.Table.from_batches(pending, schema=schema)
+            yield table.slice(0, shard_size).combine_chunks()
+            rest = table.slice(shard_size)
+            pending = rest.to_batches()
+            pending_rows = rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending, schema=schema).combine_chunks()
+
+
+def count_rows(spec: InputSpec) -> int | None:
+    """The number of input rows when it is cheap to know (parquet footers), else None."""
+    files = input_files(spec)
+    if any(file_format != "parquet" for _, file_format in files):
+        return None
+    return sum(pq.ParquetFile(path).metadata.num_rows for path, _ in files)
+
+
+def _format_from_name(path: Path, *, strict: bool) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    file_format = _EXTENSIONS.get(Path(name).suffix)
+    if file_format is None and strict:
+        raise ValueError(
+            f"cannot tell the format of {str(path)!r} from its extension; pass input_format "
+            f"(one of {', '.join(INPUT_FORMATS)})"
+        )
+    return file_format
+
+
+def _iter_batches(spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    readers = {"parquet": _read_parquet, "csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "txt": _read_txt}
+    for path, file_format in input_files(spec):
+        try:
+            for batch in readers[file_format](path, file_format, spec):
+                yield _select(batch, spec, path)
+        except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
+            raise ValueError(f"cannot read {file_format} input {str(path)!r}: {error}") from error
+
+
+def _select(batch: pa.RecordBatch, spec: InputSpec, path: Path) -> pa.RecordBatch:
+    """url, caption, additional columns; url and caption as (nullable) strings."""
+    names = batch.schema.names
+    missing = [name for name in (spec.url_col, *spec.save_additional_columns) if name not in names]
+    if missing:
+        raise ValueError(f"{str(path)!r} has no column(s) {missing}; columns found: {names}")
+    url = _as_string(batch.column(spec.url_col))
+    if spec.caption_col is not None and spec.caption_col in names:
+        caption = _as_string(batch.column(spec.caption_col))
+    else:
+        caption = pa.nulls(batch.num_rows, pa.string())
+    arrays = [url, caption, *(batch.column(name) for name in spec.save_additional_columns)]
+    return pa.RecordBatch.from_arrays(arrays, names=["url", "caption", *spec.save_additional_columns])
+
+
+def _as_string(array: pa.Array) -> pa.Array:
+    return array if array.type == pa.string() else array.cast(pa.string())
+
+
+def _cast_like(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Files of one input may type an additional column differently: use the first file's type."""
+    try:
+        return batch.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise ValueError(f"input files disagree on column types ({batch.schema} vs {schema}): {error}") from error
+
+
+def _wanted_columns(spec: InputSpec, available: list[str]) -> list[str]:
+    """The columns to parse, in file order; missing ones are reported by _select."""
+    wanted = {spec.url_col, spec.caption_col, *spec.save_additional_columns}
+    return [name for name in available if name in wanted]
+
+
+def _read_parquet(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    columns = _wanted_columns(spec, names)
+    if spec.url_col not in columns:
+        raise ValueError(f"{str(path)!r} has no column {spec.url_col!r}; columns found: {names}")
+    yield from parquet.iter_batches(batch_size=65_536, columns=columns)
+
+
+def _read_delimited(path: Path, file_format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    if file_format == "tsv":
+        # CC3M-style TSV has no quoting: captions contain bare quotes.
+        parse = pa_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False)
+    else:
+        parse = pa_csv.ParseOptions(delimiter=",", newlines_in_values=True)
+    if spec.no_header:
+        if spec.columns is None:
+            raise ValueError(f"{str(path)!r} is read without a header: pass columns=, e.g. ('caption', 'url')")
+        names = list(spec.columns)
+        read = pa_csv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES)
+    else:
+        with pa_csv.open_csv(_stream(path), parse_options=parse, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES)) as peek:
+            names = peek.schema.names
+        read = pa_csv.ReadOptions(block_size=_BLOCK_BYTES)
+    columns = _wanted_columns(spec, names)
+    if spec.url_col not in columns:
+        raise ValueError(f"{str(path)!r} has no column {spec.url_col!r}; columns found: {names}")
+    # Everything is text: per-block type inference would make shards depend on block size.
+    convert = pa_csv.ConvertOptions(include_columns=columns, column_types={name: pa.string() for name in columns})
+    with pa_csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+        yield from reader
+
+
+def _read_jsonl(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    with pa_json.open_json(_stream(path), read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES)) as peek:
+        names = peek.schema.names
+    if spec.url_col not in names:
+        raise ValueError(f"{str(path)!r} has no field {spec.url_col!r}; fields found: {names}")
+    text_fields = [pa.field(name, pa.string()) for name in (spec.url_col, spec.caption_col) if name in names]
+    parse = pa_json.ParseOptions(explicit_schema=pa.schema(text_fields), unexpected_field_behavior="infer")
+    read = pa_json.ReadOptions(block_size=_BLOCK_BYTES)
+    with pa_json.open_json(_stream(path), read_options=read, parse_options=parse) as reader:
+        yield from reader
+
+
+def _read_txt(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    """One URL a line. A blank line is kept as an empty URL (it becomes an invalid_url row);
+    surrounding whitespace is stripped."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        lines: list[str] = []
+        for line in handle:
+            lines.append(line.strip())
+            if len(lines) == _TXT_BATCH_ROWS:
+                yield pa.record_batch([pa.array(lines, pa.string())], names=[spec.url_col])
+                lines = []
+        if lines:
+            yield pa.record_batch([pa.array(lines, pa.string())], names=[spec.url_col])
+
+
+def _stream(path: Path) -> pa.NativeFile:
+    return pa.input_stream(str(path), compression="gzip" if path.name.lower().endswith(".gz") else None)

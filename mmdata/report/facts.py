@@ -1,0 +1,155 @@
+"""What a report says, gathered from a dataset folder: whichever stages ran, and nothing else.
+
+Each stage leaves its own trace (``manifest.json`` and shard stats, ``scores/<model>/``,
+``annotations/dedup.parquet``, ``views/<name>.parquet``); a stage that left none is reported as not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmdata import layout
+from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY
+
+THRESHOLD_RULES = ("min_clip_score", "top_fraction")
+
+
+@dataclass
+class ViewFacts:
+    name: str
+    rows: int
+    rules: dict
+    funnel: object  # the view's own per-rule funnel, as the filter stage wrote it
+    threshold: float | None  # the clip_score cut-off its rules imply, if any
+
+
+@dataclass
+class ReportFacts:
+    root: Path
+    table: pa.Table | None  # one row per input row (mmdata.read_table), None before any shard exists
+    manifest: dict | None
+    score_models: dict[str, dict] = field(default_factory=dict)  # model_id -> provenance
+    dedup_metadata: dict | None = None
+    views: list[ViewFacts] = field(default_factory=list)
+    view: ViewFacts | None = None  # the one whose threshold the score sections show
+
+    @property
+    def scored(self) -> bool:
+        return self.table is not None and "clip_score" in self.table.column_names
+
+    @property
+    def deduplicated(self) -> bool:
+        return self.table is not None and "dup_reason" in self.table.column_names
+
+
+def gather(root: str | os.PathLike, *, view: str | None = None) -> ReportFacts:
+    """Read everything the report shows from ``root``; ``view`` picks the view whose threshold is drawn
+    (default: the first view with a clip-score rule, else the first view)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no dataset folder at {root}: pass the --output folder of `mmdata download`")
+    table = None
+    if layout.complete_shards(root):
+        import mmdata
+
+        table = mmdata.read_table(root)
+        if "url" in table.column_names:
+            table = table.append_column("domain", pa.array([_domain(url) for url in table.column("url").to_pylist()]))
+    manifest = _read_json(layout.manifest_path(root))
+    facts = ReportFacts(root=root, table=table, manifest=manifest)
+    scores = layout.scores_dir(root)
+    if scores.is_dir():
+        for model_dir in sorted(p for p in scores.iterdir() if p.is_dir()):
+            facts.score_models[model_dir.name] = _read_json(model_dir / "model.json") or {}
+    dedup_path = layout.annotations_dir(root) / "dedup.parquet"
+    if dedup_path.exists():
+        facts.dedup_metadata = _decode_metadata(pq.read_schema(dedup_path).metadata)
+    views_dir = layout.views_dir(root)
+    if views_dir.is_dir():
+        for path in sorted(views_dir.glob("*.parquet")):
+            facts.views.append(_view_facts(path, table))
+    if view is not None:
+        matches = [v for v in facts.views if v.name == view]
+        if not matches:
+            raise ValueError(f"no view {view!r} in {views_dir}; views: {[v.name for v in facts.views]}")
+        facts.view = matches[0]
+    else:
+        with_threshold = [v for v in facts.views if v.threshold is not None]
+        facts.view = (with_threshold or facts.views or [None])[0]
+    return facts
+
+
+def _view_facts(path: Path, table: pa.Table | None) -> ViewFacts:
+    schema = pq.read_schema(path)
+    metadata = schema.metadata or {}
+    rules = json.loads(metadata[RULES_KEY]) if RULES_KEY in metadata else {}
+    funnel = json.loads(metadata[FUNNEL_KEY]) if FUNNEL_KEY in metadata else None
+    rows = pq.read_metadata(path).num_rows
+    return ViewFacts(name=path.stem, rows=rows, rules=rules, funnel=funnel, threshold=_threshold(rules, table))
+
+
+def _threshold(rules: dict, table: pa.Table | None) -> float | None:
+    """The clip_score cut-off of a view: its absolute rule, or the quantile its top fraction implies."""
+    flat = _flatten(rules)
+    for name, value in flat.items():  # the cut-off the filter resolved and recorded, when it did
+        if name.endswith(".threshold") and isinstance(value, (int, float)):
+            return float(value)
+    for name, value in flat.items():
+        if name.endswith("min_clip_score") and isinstance(value, (int, float)):
+            return float(value)
+    for name, value in flat.items():
+        if name.endswith("top_fraction") and isinstance(value, (int, float)):
+            if table is None or "clip_score" not in table.column_names:
+                return None
+            scores = pc.drop_null(table.column("clip_score"))
+            if len(scores) == 0:
+                return None
+            return float(pc.quantile(scores, q=1.0 - float(value))[0].as_py())
+    return None
+
+
+def _flatten(payload, prefix: str = "") -> dict:
+    if isinstance(payload, dict):
+        flat = {}
+        for name, value in payload.items():
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        return flat
+    if isinstance(payload, list):
+        flat = {}
+        for position, value in enumerate(payload):
+            flat.update(_flatten(value, f"{prefix}{position}."))
+        return flat
+    return {prefix.rstrip("."): payload}
+
+
+def _domain(url: str | None) -> str:
+    try:
+        return urlsplit(url or "").netloc or "(no host)"
+    except ValueError:
+        return "(malformed)"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _decode_metadata(metadata: dict | None) -> dict:
+    decoded = {}
+    for name, value in (metadata or {}).items():
+        name = name.decode(errors="replace")
+        if name == "ARROW:schema":
+            continue
+        text = value.decode(errors="replace")
+        try:
+            decoded[name] = json.loads(text)
+        except ValueError:
+            decoded[name] = text
+    return decoded

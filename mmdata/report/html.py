@@ -1,0 +1,346 @@
+"""``mmdata report``: one self-contained HTML page that shows what curation did to a dataset.
+
+Every section is always present; a stage that has not run says so. Charts are matplotlib PNGs and
+sample images are thumbnails, all inline as data URIs, so the file can be mailed or archived alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import mmdata
+from mmdata import layout
+from mmdata.atomic import atomic_file
+from mmdata.report import plots
+from mmdata.report.facts import ReportFacts, gather
+from mmdata.shards import SampleSpan, read_sample
+
+SECTIONS = (
+    ("funnel", "Funnel per stage"),
+    ("domains", "Statuses and error classes by domain"),
+    ("sizes", "Image sizes and aspect ratios"),
+    ("scores", "CLIP score distribution"),
+    ("threshold", "Samples at the threshold"),
+    ("duplicates", "Duplicate clusters"),
+    ("provenance", "Provenance of every stage"),
+)
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+THUMBNAIL_SIDE = 128
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } section { margin: 2em 0; border-top: 1px solid #ddd; padding-top: 0.5em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th:first-child, td:first-child { text-align: left; }
+.not-run { color: #8a6d3b; background: #fcf8e3; padding: 0.5em 1em; border-radius: 4px; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; } .grid figure { margin: 0; width: 140px; font-size: 0.75em; }
+.grid img { width: 128px; height: 128px; object-fit: contain; background: #eee; display: block; }
+.cluster { border: 1px solid #ddd; padding: 6px; margin: 6px 0; border-radius: 4px; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.8em; max-height: 24em; }
+img.chart { max-width: 100%; }
+"""
+
+
+def write_report(root: str | os.PathLike, output: str | os.PathLike, *, view: str | None = None,
+                 grid_size: int = 12, clusters_per_tier: int = 3) -> Path:
+    """Write the report of dataset ``root`` to ``output`` (one HTML file) and return its path.
+
+    ``view`` picks the view whose clip-score threshold is drawn (default: the first with a score rule).
+    """
+    if grid_size < 1 or clusters_per_tier < 1:
+        raise ValueError("grid_size and clusters_per_tier must be at least 1")
+    facts = gather(root, view=view)
+    thumbnails = _Thumbnails(facts)
+    bodies = {
+        "funnel": _funnel_section(facts),
+        "domains": _domains_section(facts),
+        "sizes": _sizes_section(facts),
+        "scores": _scores_section(facts),
+        "threshold": _threshold_section(facts, thumbnails, grid_size),
+        "duplicates": _duplicates_section(facts, thumbnails, clusters_per_tier),
+        "provenance": _provenance_section(facts),
+    }
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<link rel="icon" href="data:,">',
+        f"<title>mmdata report: {_e(facts.root.name)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Curation report: {_e(str(facts.root))}</h1>",
+        f"<p>mmdata {mmdata.__version__}, generated {generated}.</p>",
+        "<nav><ul>" + "".join(f'<li><a href="#{key}">{_e(title)}</a></li>' for key, title in SECTIONS) + "</ul></nav>",
+    ]
+    for key, title in SECTIONS:
+        parts.append(f'<section id="{key}"><h2>{_e(title)}</h2>{bodies[key]}</section>')
+    parts.append("</body></html>")
+    output = Path(output)
+    with atomic_file(output, "w") as handle:
+        handle.write("\n".join(parts))
+    return output
+
+
+def _funnel_section(facts: ReportFacts) -> str:
+    if facts.table is None:
+        return _not_run("download", "no complete shard in this folder")
+    table = facts.table
+    statuses = Counter(table.column("status").to_pylist())
+    stages = [("input rows", table.num_rows), ("downloaded", statuses.get("success", 0))]
+    notes = []
+    if facts.scored:
+        stages.append(("scored", len(table) - table.column("clip_score").null_count))
+    else:
+        notes.append(_not_run("score", "no scores/ folder"))
+    if facts.deduplicated:
+        reasons = Counter(r for r in table.column("dup_reason").to_pylist() if r)
+        kept = statuses.get("success", 0) - sum(reasons.values())
+        for tier in ("exact", "near", "semantic"):
+            stages.append((f"dropped as {tier} duplicate", reasons.get(tier, 0)))
+        stages.append(("unique after dedup", kept))
+    else:
+        notes.append(_not_run("dedup", "no annotations/dedup.parquet"))
+    if facts.views:
+        for view_facts in facts.views:
+            stages.append((f"view {view_facts.name}", view_facts.rows))
+    else:
+        notes.append(_not_run("filter", "no views/ folder"))
+    parts = [f'<img class="chart" alt="funnel" src="{plots.funnel_chart(stages, "Samples per stage")}">']
+    parts.append(_table(["stage", "samples"], [[label, f"{count:,}"] for label, count in stages]))
+    parts.append("<h3>Download statuses</h3>")
+    parts.append(_table(["status", "rows"], [[s, f"{n:,}"] for s, n in statuses.most_common()]))
+    for view_facts in facts.views:
+        parts.append(f"<h3>Filter funnel of view <code>{_e(view_facts.name)}</code></h3>")
+        parts.append(_funnel_table(view_facts.funnel))
+    return "".join(parts + notes)
+
+
+def _funnel_table(funnel) -> str:
+    """The filter's own funnel (rows in, dropped per rule, rows out) as a chart and a table."""
+    if not isinstance(funnel, dict) or not isinstance(funnel.get("steps"), list) or "rows_in" not in funnel:
+        return _json_block(funnel) if funnel is not None else "<p>No funnel recorded with this view.</p>"
+    remaining = int(funnel["rows_in"])
+    stages, rows = [("rows in", remaining)], [["rows in", "", f"{remaining:,}"]]
+    for step in funnel["steps"]:
+        dropped = int(step.get("dropped", 0))
+        remaining -= dropped
+        details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in step.items() if k not in ("rule", "dropped"))
+        label = str(step.get("rule", "?"))
+        stages.append((label, remaining))
+        rows.append([f"{label} ({details})" if details else label, f"-{dropped:,}", f"{remaining:,}"])
+    chart = plots.funnel_chart(stages, "Rows left after each rule")
+    return f'<img class="chart" alt="filter funnel" src="{chart}">' + _table(["rule", "dropped", "rows left"], rows)
+
+
+def _domains_section(facts: ReportFacts) -> str:
+    if facts.table is None:
+        return _not_run("download", "no complete shard in this folder")
+    domains = facts.table.column("domain").to_pylist()
+    statuses = facts.table.column("status").to_pylist()
+    by_domain: dict[str, Counter] = defaultdict(Counter)
+    for domain, status in zip(domains, statuses):
+        by_domain[domain][status] += 1
+    order = sorted(by_domain, key=lambda d: -sum(by_domain[d].values()))[:20]
+    status_names = [s for s, _ in Counter(statuses).most_common()]
+    series = {status: [by_domain[d][status] for d in order] for status in status_names}
+    parts = [f'<img class="chart" alt="statuses by domain" src="{plots.stacked_bars(order, series, "Status by domain")}">']
+    parts.append(_table(["domain", *status_names], [[d, *[by_domain[d][s] for s in status_names]] for d in order]))
+    if "error_class" in facts.table.column_names:
+        errors: Counter = Counter()
+        for domain, status, error_class in zip(domains, statuses, facts.table.column("error_class").to_pylist()):
+            if status != "success":
+                errors[(domain, status, error_class or "(none)")] += 1
+        parts.append("<h3>Error classes</h3>")
+        parts.append(_table(["domain", "status", "error class", "rows"],
+                            [[d, s, c, n] for (d, s, c), n in errors.most_common(40)]))
+    return "".join(parts)
+
+
+def _sizes_section(facts: ReportFacts) -> str:
+    if facts.table is None:
+        return _not_run("download", "no complete shard in this folder")
+    success = facts.table.filter(pc.equal(facts.table.column("status"), "success"))
+    widths = _floats(success, "original_width")
+    heights = _floats(success, "original_height")
+    keep = ~(np.isnan(widths) | np.isnan(heights)) & (heights > 0)
+    if not keep.any():
+        return "<p>No stored image records its original size.</p>"
+    widths, heights = widths[keep], heights[keep]
+    chart = plots.histograms(
+        [("original width (px)", widths), ("original height (px)", heights), ("aspect ratio (w/h)", widths / heights)],
+        f"{keep.sum():,} stored images",
+    )
+    return f'<img class="chart" alt="size histograms" src="{chart}">'
+
+
+def _scores_section(facts: ReportFacts) -> str:
+    if not facts.scored:
+        return _not_run("score", "no clip_score column: run `mmdata score`")
+    scores = _floats(facts.table, "clip_score")
+    scores = scores[~np.isnan(scores)]
+    threshold = facts.view.threshold if facts.view else None
+    title = f"{len(scores):,} scored pairs"
+    parts = [f'<img class="chart" alt="clip_score histogram" src="{plots.score_histogram(scores, threshold, title)}">']
+    if threshold is None:
+        parts.append(_not_run("filter", "no view with a clip-score rule, so no threshold to draw"))
+    else:
+        parts.append(f"<p>Threshold {threshold:.4f} from view <code>{_e(facts.view.name)}</code>: "
+                     f"{int((scores >= threshold).sum()):,} pairs at or above, {int((scores < threshold).sum()):,} below.</p>")
+    return "".join(parts)
+
+
+def _threshold_section(facts: ReportFacts, thumbnails: "_Thumbnails", grid_size: int) -> str:
+    if not facts.scored or facts.view is None or facts.view.threshold is None:
+        return _not_run("filter", "needs scores and a view with a clip-score rule")
+    table = facts.table.filter(pc.invert(pc.is_null(facts.table.column("clip_score"))))
+    scores = _floats(table, "clip_score")
+    threshold = facts.view.threshold
+    above = [i for i in np.argsort(scores) if scores[i] >= threshold][:grid_size]
+    below = [i for i in np.argsort(-scores) if scores[i] < threshold][:grid_size]
+    parts = []
+    for title, indices in ((f"Just above {threshold:.4f} (kept)", above), (f"Just below {threshold:.4f} (dropped)", below)):
+        parts.append(f"<h3>{_e(title)}</h3>")
+        figures = [_figure(thumbnails, table, int(i), f"{scores[i]:.3f}") for i in indices]
+        parts.append('<div class="grid">' + "".join(figures) + "</div>" if figures else "<p>None.</p>")
+    return "".join(parts)
+
+
+def _duplicates_section(facts: ReportFacts, thumbnails: "_Thumbnails", clusters_per_tier: int) -> str:
+    if not facts.deduplicated:
+        return _not_run("dedup", "no annotations/dedup.parquet: run `mmdata dedup`")
+    table = facts.table
+    row_of = {key: i for i, key in enumerate(table.column("key").to_pylist())}
+    clusters: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, (kept, reason) in enumerate(zip(table.column("duplicate_of").to_pylist(), table.column("dup_reason").to_pylist())):
+        if kept is not None and kept in row_of:
+            clusters[reason or "unknown"][kept].append(i)
+    similarity = table.column("dup_similarity").to_pylist() if "dup_similarity" in table.column_names else None
+    parts = []
+    for tier in ("exact", "near", "semantic"):
+        tier_clusters = clusters.get(tier, {})
+        parts.append(f"<h3>{tier} ({sum(len(v) for v in tier_clusters.values()):,} dropped, "
+                     f"{len(tier_clusters):,} clusters)</h3>")
+        if not tier_clusters:
+            parts.append("<p>No duplicates in this tier.</p>")
+            continue
+        for kept, members in sorted(tier_clusters.items(), key=lambda item: -len(item[1]))[:clusters_per_tier]:
+            figures = [_figure(thumbnails, table, row_of[kept], "kept")]
+            for i in members[:7]:
+                label = tier if similarity is None or similarity[i] is None else f"{tier} {similarity[i]:.3f}"
+                figures.append(_figure(thumbnails, table, i, label))
+            parts.append('<div class="cluster grid">' + "".join(figures) + "</div>")
+    return "".join(parts)
+
+
+def _provenance_section(facts: ReportFacts) -> str:
+    parts = ["<h3>Download</h3>"]
+    if facts.manifest is None:
+        parts.append(_not_run("download", "no manifest.json (the job has not finished)"))
+    else:
+        manifest = dict(facts.manifest)
+        shards = manifest.get("shards")
+        if isinstance(shards, list) and len(shards) > 5:
+            manifest["shards"] = shards[:5] + [f"... {len(shards) - 5} more"]
+        parts.append(_json_block(manifest))
+    parts.append("<h3>Scores</h3>")
+    if facts.score_models:
+        for model_id, provenance in facts.score_models.items():
+            parts.append(f"<h4><code>{_e(model_id)}</code></h4>{_json_block(provenance)}")
+    else:
+        parts.append(_not_run("score", "no scores/ folder"))
+    parts.append("<h3>Dedup</h3>")
+    parts.append(_json_block(facts.dedup_metadata) if facts.dedup_metadata is not None
+                 else _not_run("dedup", "no annotations/dedup.parquet"))
+    parts.append("<h3>Views</h3>")
+    if facts.views:
+        for view_facts in facts.views:
+            parts.append(f"<h4><code>{_e(view_facts.name)}</code> ({view_facts.rows:,} samples)</h4>")
+            parts.append(_json_block({"rules": view_facts.rules, "funnel": view_facts.funnel}))
+    else:
+        parts.append(_not_run("filter", "no views/ folder"))
+    return "".join(parts)
+
+
+class _Thumbnails:
+    """Reads one sample's image straight from its tar byte range and shrinks it to a JPEG data URI.
+
+    Shards whose metadata lacks the byte ranges (img2dataset output) are indexed by one header scan.
+    """
+
+    def __init__(self, facts: ReportFacts):
+        self.root = facts.root
+        self._scanned: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def data_uri(self, shard: str, key: str, offset: int | None, size: int | None) -> str | None:
+        from PIL import Image
+
+        path = layout.tar_path(self.root, shard)
+        if offset is None or size is None:
+            offset, size = self._span_from_scan(shard, path).get(key, (None, None))
+            if offset is None:
+                return None
+        with open(path, "rb") as handle:
+            _, members = read_sample(handle, SampleSpan(offset, size))
+        body = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+        if body is None:
+            return None
+        image = Image.open(io.BytesIO(body)).convert("RGB")
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    def _span_from_scan(self, shard: str, path: Path) -> dict[str, tuple[int, int]]:
+        if shard not in self._scanned:
+            from mmdata.stream.index import scan_members
+
+            with open(path, "rb") as handle:
+                members = scan_members(handle)
+            self._scanned[shard] = dict(zip(members.column("key").to_pylist(),
+                                            zip(members.column("tar_offset").to_pylist(), members.column("tar_size").to_pylist())))
+        return self._scanned[shard]
+
+
+def _figure(thumbnails: _Thumbnails, table: pa.Table, index: int, label: str) -> str:
+    row = {name: table.column(name)[index].as_py() for name in ("key", "shard", "tar_offset", "tar_size", "caption")
+           if name in table.column_names}
+    shard = row.get("shard") or row["key"][: layout.SHARD_DIGITS]
+    uri = thumbnails.data_uri(shard, row["key"], row.get("tar_offset"), row.get("tar_size"))
+    if uri is None:
+        return ""
+    caption = row.get("caption") or ""
+    return (f'<figure><img alt="{_e(row["key"])}" src="{uri}"><figcaption><b>{_e(label)}</b> '
+            f'<code>{_e(row["key"])}</code><br>{_e(caption[:90])}</figcaption></figure>')
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _table(header: list[str], rows: list[list], *, escape: bool = True) -> str:
+    cell = _e if escape else str
+    head = "".join(f"<th>{_e(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _json_block(payload) -> str:
+    return f"<pre>{_e(json.dumps(payload, indent=2, sort_keys=True, default=str))}</pre>"
+
+
+def _not_run(stage: str, why: str) -> str:
+    return f'<p class="not-run">{_e(stage)}: not run ({_e(why)}).</p>'
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)

@@ -1,0 +1,65 @@
+"""Settings of a scoring job, validated when made so a bad option fails before Ray starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmdata.score.model import DEVICES, PRECISIONS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    """``mmdata score DIR --model M --pretrained P``: which dataset, which model, how to run it."""
+
+    dataset: str
+    model: str
+    pretrained: str | None = None  # None: random init (tests, benchmarks)
+    batch_size: int = 256
+    device: str = "auto"  # auto: each actor uses a GPU when it sees one
+    precision: str = "fp32"  # fp16/bf16: autocast on GPU; on CPU scoring stays fp32
+    # None: one actor on CPU; on GPUs up to 4 actors per GPU (one per 4 CPUs), sharing it, so that
+    # decoding is spread over several processes.
+    actors: int | None = None
+    gpus_per_actor: float | None = None  # used when the device is cuda (or auto on a cluster with GPUs)
+    cpus_per_actor: float | None = None  # None: the cluster's CPUs shared out among the actors
+    decode_workers: int | None = None  # decode threads per actor; None: the actor's CPUs
+    prefetch_batches: int = 2
+    no_embeddings: bool = False
+    default: bool = False  # make this model the one read_table shows as clip_score
+    ray_address: str | None = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.dataset or not Path(self.dataset).is_dir():
+            raise ValueError(f"dataset folder {self.dataset!r} does not exist (pass the folder a download wrote)")
+        if not self.model:
+            raise ValueError("model is required: an open_clip name such as ViT-B-32 or a model-config JSON path")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors must be at least 1, not {self.actors}")
+        if self.gpus_per_actor is not None and not 0 < self.gpus_per_actor <= 8:
+            raise ValueError(f"gpus_per_actor must be in (0, 8] (fractions share a GPU), not {self.gpus_per_actor}")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise ValueError(f"cpus_per_actor must be positive, not {self.cpus_per_actor}")
+        if self.decode_workers is not None and self.decode_workers < 1:
+            raise ValueError(f"decode_workers must be at least 1, not {self.decode_workers}")
+        if self.prefetch_batches < 1:
+            raise ValueError(f"prefetch_batches must be at least 1, not {self.prefetch_batches}")
+
+    @classmethod
+    def from_options(cls, **options) -> "ScoreConfig":
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ValueError(f"unknown score options {unknown}; known: {sorted(names)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,222 @@
+"""``mmdata index``: a vector index over one model's stored embeddings, kept under the dataset.
+
+Layout, one folder per model and embedding kind::
+
+    DIR/index/<model_id>/<kind>/index.json        commit marker: version, fingerprint, provenance, plan
+    DIR/index/<model_id>/<kind>/<version>/        index.faiss, vectors.npy, plan.json, rows.parquet
+
+A build writes a new version folder, then renames ``index.json`` over the old one (the commit), then
+removes older versions; readers follow ``index.json``, so they never see half an index. The
+fingerprint covers the score tables and metadata files the index was built from (names, sizes,
+mtimes): a build whose fingerprint and settings match the committed ones does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmdata import layout
+from mmdata.atomic import write_json, write_parquet
+from mmdata.score import store
+from mmdata.search.ann import AnnIndex, IndexConfig, parse_memory
+
+INDEX_DIR = "index"
+MARKER = "index.json"
+ROWS_FILE = "rows.parquet"
+KINDS = ("image", "text")
+
+# What a hit shows: one row per indexed vector, in index id order.
+ROWS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("tar_offset", pa.int64()),
+        pa.field("tar_size", pa.int64()),
+    ],
+    metadata={"mmdata.schema": "index.rows/1"},
+)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The committed index of one model and kind: where it is and what it was built from."""
+
+    folder: Path  # DIR/index/<model_id>/<kind>
+    version: str
+    model_id: str
+    kind: str
+    count: int
+    fingerprint: str
+    provenance: dict
+    report: dict  # AnnIndex's BuildReport: plan, search parameters, tuned recall, build time, size
+    rebuilt: bool  # False when build_index found the committed index current
+
+    @property
+    def version_dir(self) -> Path:
+        return self.folder / self.version
+
+
+def index_dir(root: str | os.PathLike, model_id: str, kind: str) -> Path:
+    return Path(root) / INDEX_DIR / model_id / kind
+
+
+def resolve_model_id(root: str | os.PathLike, model: str | None) -> str:
+    """The scored model an index is for: ``model`` (a model id under DIR/scores/) or the default one."""
+    models = store.scored_models(root)
+    model_id = model or store.default_model(root)
+    if model_id is None:
+        raise ValueError(f"{root} has no scores: run `mmdata score {root} --model M` first")
+    if model_id not in models:
+        raise ValueError(f"{root} has no scores of model {model_id!r} (scored: {models or 'none'})")
+    return model_id
+
+
+def build_index(
+    root: str | os.PathLike,
+    *,
+    kind: str = "image",
+    model: str | None = None,
+    max_index_memory: str | int | None = None,
+    force: bool = False,
+    config: IndexConfig | None = None,
+) -> IndexInfo:
+    """Build (or keep, when current) the index of ``kind`` embeddings of ``model`` (default: the
+    default scored model). ``max_index_memory`` ("2GB") bounds the index's RAM and so picks its kind;
+    without it a rebuild keeps the committed index's settings. Changed settings also rebuild."""
+    from mmdata.table import read_embeddings, read_table
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    model_id = resolve_model_id(root, model)
+    folder = index_dir(root, model_id, kind)
+    fingerprint = embeddings_fingerprint(root, model_id, kind)
+    current = read_index_info(root, model_id, kind)
+    asked = config is not None or max_index_memory is not None
+    if config is None:  # keep the settings the committed index was built with (e.g. its budget)
+        config = IndexConfig(**current.report["config"]) if current is not None else IndexConfig()
+    if max_index_memory is not None:
+        config = IndexConfig(**{**asdict(config), "max_index_memory": parse_memory(max_index_memory)})
+    same_settings = current is not None and current.report.get("config") == asdict(config)
+    if current is not None and not force and current.fingerprint == fingerprint and (same_settings or not asked):
+        return current
+
+    keys, vectors = read_embeddings(root, kind=kind, model=model_id)
+    if not keys:
+        raise ValueError(f"{root} has no {kind} embeddings of {model_id}: score it without --no-embeddings first")
+    ann = AnnIndex.build(vectors, config)
+    rows = _rows_for(read_table(root, columns=list(ROWS_SCHEMA.names)), keys)
+    version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    version_dir = folder / version
+    ann.save(version_dir)
+    write_parquet(rows, version_dir / ROWS_FILE, ROWS_SCHEMA)
+    provenance = store.read_model_record(root, model_id) or {}
+    marker = {
+        "version": version,
+        "model_id": model_id,
+        "kind": kind,
+        "count": len(keys),
+        "fingerprint": fingerprint,
+        "provenance": provenance,
+        "report": asdict(ann.report),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(folder / MARKER, marker)  # the commit
+    for old in folder.iterdir():
+        if old.is_dir() and old.name != version:
+            shutil.rmtree(old, ignore_errors=True)
+    return _info(folder, marker, rebuilt=True)
+
+
+def read_index_info(root: str | os.PathLike, model_id: str, kind: str) -> IndexInfo | None:
+    """The committed index, or None when there is none (or its version folder is gone)."""
+    folder = index_dir(root, model_id, kind)
+    marker_path = folder / MARKER
+    if not marker_path.is_file():
+        return None
+    marker = json.loads(marker_path.read_text())
+    if not (folder / marker["version"]).is_dir():
+        return None
+    return _info(folder, marker, rebuilt=False)
+
+
+def embeddings_fingerprint(root: str | os.PathLike, model_id: str, kind: str) -> str:
+    """A hash of the names, sizes and mtimes of the files an index reads: the model's score tables
+    and model record, and the metadata parquet of every complete shard."""
+    root = Path(root)
+    digest = hashlib.sha256(f"{model_id}\0{kind}".encode())
+    paths = [store.model_dir(root, model_id) / store.MODEL_RECORD]
+    for shard in layout.complete_shards(root):
+        paths += [store.score_path(root, model_id, shard), layout.parquet_path(root, shard)]
+    for path in paths:
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue
+        digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _rows_for(metadata: pa.Table, keys: list[str]) -> pa.Table:
+    """The metadata rows of ``keys``, in that order (keys without a metadata row keep nulls)."""
+    key_array = pa.array(keys, pa.string())
+    positions = pc.index_in(key_array, value_set=metadata.column("key").combine_chunks())
+    if positions.null_count:
+        missing = pc.filter(key_array, pc.is_null(positions)).to_pylist()[:5]
+        raise ValueError(f"embeddings without a metadata row (e.g. {missing}): is a shard's parquet missing?")
+    return metadata.take(positions).select(ROWS_SCHEMA.names)
+
+
+def _info(folder: Path, marker: dict, *, rebuilt: bool) -> IndexInfo:
+    return IndexInfo(
+        folder=folder,
+        version=marker["version"],
+        model_id=marker["model_id"],
+        kind=marker["kind"],
+        count=marker["count"],
+        fingerprint=marker["fingerprint"],
+        provenance=marker["provenance"],
+        report=marker["report"],
+        rebuilt=rebuilt,
+    )
+
+
+@dataclass
+class LoadedIndex:
+    """An index loaded for querying: the ANN index and the row table its ids point into."""
+
+    info: IndexInfo
+    ann: AnnIndex
+    rows: pa.Table
+
+    def ids_of(self, keys: list[str]) -> "pa.Array":
+        """Index ids of ``keys`` (null where a key is not indexed)."""
+        return pc.index_in(pa.array(keys, pa.string()), value_set=self.rows.column("key").combine_chunks())
+
+
+_LOADED: dict[Path, LoadedIndex] = {}
+
+
+def load_index(info: IndexInfo) -> LoadedIndex:
+    """The index of ``info``, loaded once per process and version (a rebuilt index is reloaded)."""
+    cached = _LOADED.get(info.folder)
+    if cached is not None and cached.info.version == info.version:
+        return cached
+    loaded = LoadedIndex(info, AnnIndex.load(info.version_dir), pq.read_table(info.version_dir / ROWS_FILE))
+    _LOADED[info.folder] = loaded
+    return loaded

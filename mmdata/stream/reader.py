@@ -1,0 +1,190 @@
+"""Reading samples' bytes: adjacent byte ranges are coalesced into one read (a whole shard becomes
+one sequential pass), each run is parsed with the safe tar reader, and a failure is pinned to the
+exact samples it cost."""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, TypeVar
+
+import numpy as np
+
+from mmdata.shards import MAX_MEMBER_BYTES, UNSAFE_EXTENSIONS, ShardFormatError, iter_samples, split_member_name
+from mmdata.stream.source import RangeNotSupported, Source
+
+MAX_RUN_BYTES = 4 * 1024 * 1024
+TAR_END = b"\0" * 1024
+T = TypeVar("T")
+
+
+class StreamError(RuntimeError):
+    """A sample could not be read or decoded; says which shard and key."""
+
+    def __init__(self, shard: str, key: str, reason: str):
+        super().__init__(f"shard {shard}, sample {key}: {reason}")
+        self.shard, self.key, self.reason = shard, key, reason
+
+
+@dataclass(frozen=True)
+class Run:
+    """Positions (into a worker's read order) whose bytes are one contiguous range of one shard."""
+
+    shard: str
+    offset: int
+    size: int
+    positions: list[int]
+
+
+def plan_runs(
+    positions: np.ndarray,
+    shard_ids: np.ndarray,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    shard_names: list[str],
+    *,
+    max_bytes: int = MAX_RUN_BYTES,
+) -> Iterator[Run]:
+    """Group ``positions`` (ascending) into runs of adjacent bytes, each at most ``max_bytes``
+    (a single larger sample is its own run)."""
+    if len(positions) == 0:
+        return
+    shard_ids, offsets, sizes = shard_ids[positions], offsets[positions], sizes[positions]
+    breaks = np.flatnonzero((shard_ids[1:] != shard_ids[:-1]) | (offsets[1:] != offsets[:-1] + sizes[:-1])) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(positions)]])
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        while start < stop:
+            end, total = start, 0
+            while end < stop and (end == start or total + sizes[end] <= max_bytes):
+                total += int(sizes[end])
+                end += 1
+            yield Run(shard_names[shard_ids[start]], int(offsets[start]), total, positions[start:end].tolist())
+            start = end
+
+
+def read_run(source: Source, run: Run, keys: list[str], sizes: list[int]) -> list[dict[str, bytes] | StreamError]:
+    """The members of each sample of ``run`` (``keys``/``sizes`` per position), or the error that
+    sample hit. One read for the run; on any trouble each sample is parsed alone so the loss is
+    counted exactly."""
+    try:
+        blob = source.read_range(f"{run.shard}.tar", run.offset, run.size)
+    except RangeNotSupported:
+        raise
+    except OSError as error:
+        return [StreamError(run.shard, key, f"read failed: {error}") for key in keys]
+    if len(blob) == run.size:
+        parsed = parse_plain_ustar(blob, keys)
+        if parsed is not None:
+            return parsed
+    results: list[dict[str, bytes] | StreamError] = []
+    start = 0
+    for key, size in zip(keys, sizes):
+        piece = blob[start : start + size]
+        start += size
+        results.append(_parse_one(run.shard, key, piece, size))
+    return results
+
+
+def _parse_one(shard: str, key: str, piece: bytes, size: int) -> dict[str, bytes] | StreamError:
+    if len(piece) < size:
+        return StreamError(shard, key, f"truncated shard: {len(piece)} of {size} bytes present")
+    try:
+        samples = list(iter_samples(io.BytesIO(piece + TAR_END)))
+    except Exception as error:  # noqa: BLE001 - reported per sample, raised or counted by the caller
+        return StreamError(shard, key, f"corrupt tar data: {error}")
+    if len(samples) != 1 or samples[0][0] != key:
+        found = [found_key for found_key, _ in samples]
+        return StreamError(shard, key, f"byte range holds {found} (stale member index or corrupt shard)")
+    return samples[0][1]
+
+
+def parse_plain_ustar(blob: bytes, keys: list[str]) -> list[dict[str, bytes]] | None:
+    """Fast path for the common case: plain ustar regular-file members (what ShardWriter writes),
+    grouped as ``keys``. Anything else (long names, pax headers, links, bad checksums, another
+    grouping) returns ``None`` and is left to the general safe reader, which accepts or refuses it.
+    Keeps that reader's rules: no path escapes, a size cap, pickle-like members dropped."""
+    samples: list[dict[str, bytes]] = []
+    current_key = None
+    position, end = 0, len(blob)
+    while position + 512 <= end:
+        header = blob[position : position + 512]
+        if header[0] == 0:
+            break
+        try:
+            checksum = int(header[148:156].replace(b"\0", b" ").strip() or b"0", 8)
+            size = int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+        except ValueError:
+            return None
+        if checksum != sum(header) - sum(header[148:156]) + 256 or header[156] not in (0x30, 0):
+            return None
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar":
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        try:
+            text = name.decode("utf-8")
+            key, extension = split_member_name(text)
+        except (UnicodeDecodeError, ShardFormatError):
+            return None
+        if size > MAX_MEMBER_BYTES or text.startswith("/") or ".." in text.split("/") or "\\" in text:
+            return None
+        start = position + 512
+        position = start + -(-size // 512) * 512
+        if start + size > end:
+            return None
+        if extension.rsplit(".", 1)[-1].lower() in UNSAFE_EXTENSIONS:
+            continue
+        if key != current_key:
+            if len(samples) == len(keys) or keys[len(samples)] != key:
+                return None
+            samples.append({})
+            current_key = key
+        samples[-1][extension] = blob[start : start + size]
+    return samples if len(samples) == len(keys) else None
+
+
+def prefetched(produce: Iterator[T], depth: int) -> Iterator[T]:
+    """Run ``produce`` in a background thread up to ``depth`` items ahead, so reads (and, over HTTP,
+    their latency) overlap with decoding, which releases the GIL. Errors surface in order."""
+    if depth <= 0:
+        yield from produce
+        return
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(entry) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)  # wake up now and then to notice a consumer that left
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in produce:
+                if not offer((True, item)):
+                    return
+            offer((True, done))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            offer((False, error))
+
+    thread = threading.Thread(target=work, name="mmdata-stream-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = items.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
