@@ -10,11 +10,11 @@ import importlib
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (or the callable stage package of that name)
 _EXPORTS = {
-    "download": "mmdata.download.job",
+    "download": "mmdata.download",
     "DownloadConfig": "mmdata.download.config",
-    "score": "mmdata.score.job",
+    "score": "mmdata.score",
     "ScoreConfig": "mmdata.score.config",
     "read_table": "mmdata.table",
     "read_embeddings": "mmdata.table",
@@ -23,9 +23,9 @@ _EXPORTS = {
     "dedup": "mmdata.curate.dedup",
     "decontaminate": "mmdata.curate.decontaminate",
     "reshard": "mmdata.curate.reshard",
-    "stream": "mmdata.stream.dataset",
+    "stream": "mmdata.stream",
     "build_index": "mmdata.search.index",
-    "search": "mmdata.search.query",
+    "search": "mmdata.search",
     "write_report": "mmdata.report.html",
     "run_pipeline": "mmdata.pipeline",
 }
@@ -35,11 +35,9 @@ def __getattr__(name: str):
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'mmdata' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    if name == "stream":
-        # The mmdata.stream package is callable (it calls this function), so it can stand for both:
-        # binding the function here would break `import mmdata.stream.loader` style imports.
-        value = importlib.import_module("mmdata.stream")
+    module = importlib.import_module(module_name)
+    # A stage package (mmdata.download, ...) is itself callable as the stage: see mmdata._callable.
+    value = module if module_name == f"{__name__}.{name}" else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -76,28 +76,45 @@ def run_tasks(
     results, in_flight = [], []
     exhausted = False
     with tqdm(total=total, desc=description, unit=unit, mininterval=1.0, disable=not show_progress) as progress:
-        while True:
-            while not exhausted and len(in_flight) < limit:
-                arguments = next(pending_arguments, None)
-                if arguments is None:
-                    exhausted = True
-                else:
-                    in_flight.append(remote.remote(*arguments))
-            if not in_flight:
-                break
-            done, in_flight = ray.wait(in_flight, num_returns=1, timeout=tick_seconds if on_tick else None)
-            if on_tick is not None:
-                on_tick()
-            if not done:
-                continue
-            result = ray.get(done[0])
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-            progress.update(1)
+        try:
+            while True:
+                while not exhausted and len(in_flight) < limit:
+                    arguments = next(pending_arguments, None)
+                    if arguments is None:
+                        exhausted = True
+                    else:
+                        in_flight.append(remote.remote(*arguments))
+                if not in_flight:
+                    break
+                done, in_flight = ray.wait(in_flight, num_returns=1, timeout=tick_seconds if on_tick else None)
+                if on_tick is not None:
+                    on_tick()
+                if not done:
+                    continue
+                result = ray.get(done[0])
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                progress.update(1)
+        except BaseException:
+            _cancel(in_flight)
+            raise
     return results
 
 
+def _cancel(refs: list) -> None:
+    """Stop the tasks still running when the job fails, and wait for them: none writes after the job
+    has returned its error (a cancelled task is interrupted and runs its cleanup)."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref)
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_SECONDS)
+
+
+# How long a failing job waits for its cancelled tasks to stop.
+_CANCEL_SECONDS = 60.0
 # Times one call of run_on_actors is attempted when its actor dies under it (node or worker lost);
 # how often an unavailable (restarting) actor is probed, and how long the job waits for one to return.
 _ACTOR_CALL_ATTEMPTS = 4

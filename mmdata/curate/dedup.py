@@ -5,6 +5,9 @@ group, and each group keeps one sample: the highest ``clip_score`` (ties: the sm
 other member gets ``duplicate_of`` (the kept sample), ``dup_reason`` (the first tier at which it
 joined the kept sample's group, in the order exact → near → semantic) and ``dup_similarity``
 (measured between it and the kept sample: 1.0 exact, 1 - hamming/64 near, the cosine semantic).
+Near candidates (pHash within the radius) must also agree on their content thumbnails
+(``thumbnail_tolerance``, :mod:`mmdata.curate.thumbnails`): without that check, background-dominated
+hashes of different pictures link them, and union-find chains the false links into big groups.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class DedupConfig:
     near: bool = False
     hamming: int = 8  # near tier: largest pHash Hamming distance (of 64 bits) still called a duplicate
     colour_tolerance: float = 24.0  # near tier: largest difference of the RGB means/standard deviations
+    # near tier: largest colour difference (0-255) between the candidates' aligned content thumbnails;
+    # None: trust the hash alone (see mmdata.curate.thumbnails for why that is imprecise)
+    thumbnail_tolerance: float | None = 48.0
     semantic: bool = False
     eps: float = 0.05  # semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates
     clusters: int | None = None  # semantic tier: k-means clusters (None: one per ~1,000 embeddings)
@@ -49,6 +55,8 @@ class DedupConfig:
             raise ValueError(f"hamming must be in [0, 24] bits of 64, got {self.hamming} (8 is a good start)")
         if self.colour_tolerance < 0:
             raise ValueError(f"colour_tolerance must be >= 0 (0-255 levels), got {self.colour_tolerance}")
+        if self.thumbnail_tolerance is not None and not 0 <= self.thumbnail_tolerance <= 255:
+            raise ValueError(f"thumbnail_tolerance must be in [0, 255] levels or None, got {self.thumbnail_tolerance}")
         SemanticConfig(eps=self.eps, clusters=self.clusters)
 
 
@@ -88,7 +96,9 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig) -> DedupResult:
         current = connected_components(count, np.concatenate([left, left2]), np.concatenate([right, right2]), current)
         labels["exact"] = current
     if config.near:
-        query, reference, _ = near_matches(inputs.near, inputs.near, config.hamming, config.colour_tolerance)
+        query, reference, _ = near_matches(
+            inputs.near, inputs.near, config.hamming, config.colour_tolerance, thumbnail_tolerance=config.thumbnail_tolerance
+        )
         different = query != reference
         rows = inputs.near_rows
         current = connected_components(count, rows[query[different]], rows[reference[different]], current)
@@ -148,6 +158,7 @@ def dedup(
     near: bool = False,
     hamming: int = 8,
     colour_tolerance: float = 24.0,
+    thumbnail_tolerance: float | None = 48.0,
     semantic: bool = False,
     eps: float = 0.05,
     clusters: int | None = None,
@@ -160,7 +171,7 @@ def dedup(
     the semantic tier needs a score run with embeddings (``mmdata score``).
     """
     config = DedupConfig(
-        exact=exact, near=near, hamming=hamming, colour_tolerance=colour_tolerance,
+        exact=exact, near=near, hamming=hamming, colour_tolerance=colour_tolerance, thumbnail_tolerance=thumbnail_tolerance,
         semantic=semantic, eps=eps, clusters=clusters, model=model, processes=processes,
     )
     from mmdata.score import store

@@ -14,6 +14,9 @@
   within 8 bits now and then; near duplicates must also agree on these six numbers within
   ``colour_tolerance`` (re-encodes, crops and small colour shifts move them ≤ 13, the rare unrelated
   pHash collisions by 60+).
+* ``thumbnails``, ``texture``, ``aspect`` (see :mod:`mmdata.curate.thumbnails`): what the grey hash
+  cannot see. On web-style pictures a flat background (and border padding) dominates the pHash, and
+  plainly different pictures of one layout collide; candidate pairs are verified on these.
 
 Cache: ``DIR/annotations/.hashes/<shard>.parquet`` (hidden, so ``read_table`` does not join it),
 recomputed when missing or written by another ``HASH_VERSION``.
@@ -34,9 +37,10 @@ from PIL import Image, ImageStat
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
+from mmdata.curate.thumbnails import THUMB_BYTES, THUMB_SIDE, ZOOMS, content_features, verified
 from mmdata.shards import iter_samples
 
-HASH_VERSION = "4"
+HASH_VERSION = "5"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CROP_FRACTION = 0.95
 CROP_OFFSETS = (0.0, 0.025, 0.05)
@@ -52,6 +56,9 @@ HASH_SCHEMA = pa.schema(
         pa.field("phash", pa.uint64()),
         pa.field("crop_hashes", pa.list_(pa.uint64(), CROP_COUNT)),
         pa.field("colour_moments", pa.list_(pa.float32(), 6)),  # RGB means, then RGB standard deviations
+        pa.field("thumbnails", pa.binary(THUMB_BYTES)),  # uint8 [zooms, 16, 16, RGB] of the content
+        pa.field("texture", pa.float32()),
+        pa.field("aspect", pa.float32()),  # log(width / height) of the content
         pa.field("hash_error", pa.string()),  # why the hashes are null (no image member, undecodable)
     ],
     metadata={"mmdata.schema": "hashes/1", "mmdata.hash_version": HASH_VERSION},
@@ -65,6 +72,9 @@ class ImageHashes:
     phash: int
     crop_hashes: tuple[int, ...]
     colour_moments: tuple[float, ...]
+    thumbnails: bytes
+    texture: float
+    aspect: float
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,14 @@ class NearHashes:
     phash: np.ndarray  # uint64 [n]
     crops: np.ndarray  # uint64 [n, CROP_COUNT]
     colours: np.ndarray  # float32 [n, 6]
+    thumbnails: np.ndarray | None = None  # uint8 [n, zooms, 16, 16, 3]; None: candidates are not verified
+    texture: np.ndarray | None = None  # float32 [n]
+    aspect: np.ndarray | None = None  # float32 [n]
 
     def take(self, rows: np.ndarray) -> "NearHashes":
-        return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows])
+        if self.thumbnails is None:
+            return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows])
+        return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows], self.thumbnails[rows], self.texture[rows], self.aspect[rows])
 
     def __len__(self) -> int:
         return len(self.phash)
@@ -88,10 +103,14 @@ class NearHashes:
         usable = hashes.take(pa.array(valid, pa.int64()))
         crops = usable.column("crop_hashes").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         colours = usable.column("colour_moments").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        thumbnails = np.frombuffer(b"".join(usable.column("thumbnails").to_pylist()), dtype=np.uint8)
         return valid, cls(
             usable.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64),
             crops.astype(np.uint64).reshape(len(valid), CROP_COUNT),
             colours.astype(np.float32).reshape(len(valid), 6),
+            thumbnails.reshape(len(valid), len(ZOOMS), THUMB_SIDE, THUMB_SIDE, 3),
+            usable.column("texture").to_numpy(zero_copy_only=False).astype(np.float32),
+            usable.column("aspect").to_numpy(zero_copy_only=False).astype(np.float32),
         )
 
 
@@ -131,7 +150,10 @@ def image_hashes(blob: bytes) -> ImageHashes:
     ]
     statistics = ImageStat.Stat(rgb)  # from the per-band histograms, in C
     moments = tuple(float(v) for v in [*statistics.mean, *statistics.stddev])
-    return ImageHashes(hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), moments)
+    thumbnails, texture, aspect = content_features(rgb)
+    return ImageHashes(
+        hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), moments, thumbnails, texture, aspect
+    )
 
 
 def image_member(members: dict[str, bytes]) -> bytes | None:
@@ -155,7 +177,8 @@ def hash_rows(named_images: list[tuple[str, bytes | None]]) -> pa.Table:
             continue
         rows.append(
             {"key": key, "sha256": hashes.sha256, "pixel_hash": hashes.pixel_hash, "phash": hashes.phash,
-             "crop_hashes": list(hashes.crop_hashes), "colour_moments": list(hashes.colour_moments)}
+             "crop_hashes": list(hashes.crop_hashes), "colour_moments": list(hashes.colour_moments),
+             "thumbnails": hashes.thumbnails, "texture": hashes.texture, "aspect": hashes.aspect}
         )
     table = pa.Table.from_pylist(rows, schema=HASH_SCHEMA) if rows else HASH_SCHEMA.empty_table()
     return table
@@ -235,10 +258,12 @@ def near_matches(
     radius: int,
     colour_tolerance: float,
     *,
+    thumbnail_tolerance: float | None = None,
     exhaustive_limit: int = 2_000_000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query row, reference row, Hamming distance) with :func:`near_distance` ≤ ``radius`` and
-    colour moments within ``colour_tolerance``; one row per pair.
+    colour moments within ``colour_tolerance``; one row per pair. With ``thumbnail_tolerance`` (and
+    thumbnails on both sides), each pair must also pass :func:`mmdata.curate.thumbnails.verified`.
 
     Each side's full hashes are range-searched against the other side's full and crop hashes. Up to
     ``exhaustive_limit`` indexed hashes the search is an exact faiss flat scan; beyond it, faiss's
@@ -258,6 +283,12 @@ def near_matches(
     left, right = query.take(pairs[:, 0]), reference.take(pairs[:, 1])
     distance = near_distance(left, right)
     keep = (distance <= radius) & (colour_distance(left, right) <= colour_tolerance)
+    if thumbnail_tolerance is not None and left.thumbnails is not None and right.thumbnails is not None:
+        rows = np.flatnonzero(keep)
+        keep[rows] = verified(
+            left.thumbnails[rows], right.thumbnails[rows], left.texture[rows], right.texture[rows],
+            left.aspect[rows], right.aspect[rows], thumbnail_tolerance,
+        )
     return pairs[keep, 0], pairs[keep, 1], distance[keep]
 
 

@@ -1,19 +1,6 @@
-"""The download stage. ``mmdata.download(...)`` runs the job (:func:`mmdata.download.job.download`).
+"""The download stage: input readers, the safe fetcher, image processing, the per-shard worker
+and the job. ``mmdata.download(...)`` runs the job (:func:`mmdata.download.job.download`)."""
 
-Importing any submodule binds this package to the name ``mmdata.download``, shadowing the lazily
-exported function of the same name; the package is therefore callable and forwards to the job, so
-``mmdata.download(input=..., output_dir=...)`` works whichever of the two the name holds.
-"""
+from mmdata._callable import make_package_callable
 
-import sys
-import types
-
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        from mmdata.download.job import download
-
-        return download(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_package_callable(__name__, "mmdata.download.job.download")

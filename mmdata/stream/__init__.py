@@ -1,20 +1,9 @@
 """The training loader: :func:`mmdata.stream` and what it is built from (formats and I/O only,
 never Ray)."""
 
-import sys
-import types
+from mmdata._callable import make_package_callable
 
-
-class _CallableModule(types.ModuleType):
-    # ``mmdata.stream`` names both this package and the public function; once any submodule is
-    # imported, Python binds the package to that name, so the package calls the function itself.
-    def __call__(self, *args, **kwargs):
-        from mmdata.stream.dataset import stream
-
-        return stream(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_package_callable(__name__, "mmdata.stream.dataset.stream")
 
 __all__ = ["stream", "StreamingDataset", "StreamingDataLoader", "clip_collate"]
 

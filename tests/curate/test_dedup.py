@@ -189,3 +189,5 @@ def test_config_refuses_nonsense():
         DedupConfig(semantic=True, eps=-0.1)
     with pytest.raises(ValueError, match="hamming"):
         DedupConfig(near=True, hamming=40)
+    with pytest.raises(ValueError, match="thumbnail_tolerance"):
+        DedupConfig(near=True, thumbnail_tolerance=-1.0)

@@ -3,7 +3,7 @@ scenario, apart from the test session's local Ray). Prints one JSON line with wh
 
     python cluster_child.py SCENARIO SPEC.json
 
-Scenarios: download-node-death, score-node-death, retries-exhausted, spill.
+Scenarios: download-node-death, score-node-death, retries-exhausted, score-actors-exhausted, spill.
 """
 
 from __future__ import annotations
@@ -123,6 +123,28 @@ def retries_exhausted(spec: dict) -> dict:
     return {"kills": kills, "alive": thread.is_alive(), "seconds": round(time.monotonic() - started, 1), **outcome}
 
 
+def score_actors_exhausted(spec: dict) -> dict:
+    """One worker node of 1 CPU for the one scoring actor; its node is killed (and a fresh one
+    added) each time another shard gets scored. The actor restarts once (max_restarts=1); after the
+    second death no actor is left and the job must fail, not wait."""
+    cluster, workers = cluster_with_workers(1, 1)
+    root = Path(spec["options"]["dataset"])
+    started = time.monotonic()
+    thread, outcome = in_background(mmdata.score, **spec["options"])
+    scores = lambda: len(list(root.glob("scores/*/*.parquet")))  # noqa: E731
+    node, kills = workers[0], 0
+    while thread.is_alive() and kills < 4:
+        target = scores() + 1
+        if not poll(lambda: scores() >= target, thread):
+            break
+        cluster.remove_node(node, allow_graceful=False)
+        kills += 1
+        node = cluster.add_node(num_cpus=1, **NODE_OPTIONS)
+    thread.join(400)
+    return {"kills": kills, "alive": thread.is_alive(), "scored": scores(),
+            "seconds": round(time.monotonic() - started, 1), "error": outcome.get("error")}
+
+
 def spill(spec: dict) -> dict:
     """A store of the minimum size, mostly taken by pinned ballast: the job's task arguments push
     objects out to the spill folder while it runs."""
@@ -146,6 +168,7 @@ if __name__ == "__main__":
     scenario, spec_path = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())
     report = {"download-node-death": download_node_death, "score-node-death": score_node_death,
-              "retries-exhausted": retries_exhausted, "spill": spill}[scenario](spec)
+              "retries-exhausted": retries_exhausted, "score-actors-exhausted": score_actors_exhausted,
+              "spill": spill}[scenario](spec)
     print("RESULT " + json.dumps(report, default=str), flush=True)
     ray.shutdown()

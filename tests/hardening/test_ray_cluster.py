@@ -93,6 +93,21 @@ def test_a_task_whose_node_dies_more_often_than_ray_retries_fails_the_job_loudly
 
 
 @pytest.mark.slow
+def test_scoring_fails_loudly_once_its_actors_are_dead_for_good(tmp_path):
+    root = tmp_path / "data"
+    for shard in range(40):
+        write_shard(root, shard, [good_sample(layout.sample_key(shard, row, 40), row) for row in range(40)], shard_size=40)
+    config = write_model_config(tmp_path / "models" / "tiny.json", tiny_model_config())
+    report = run_scenario("score-actors-exhausted", {"options": {
+        "dataset": str(root), "model": str(config), "actors": 1, "cpus_per_actor": 1, "batch_size": 8,
+        "show_progress": False}}, tmp_path)
+    assert not report["alive"], f"scoring still runs with no actor left: {report}"
+    assert report["kills"] == 2, report  # the actor restarts once (max_restarts=1), then it is gone
+    assert report["error"] and "RuntimeError" in report["error"] and "actor" in report["error"], report
+    assert report["scored"] < 40
+
+
+@pytest.mark.slow
 def test_object_store_spilling_gives_identical_output(hardening_server, tmp_path):
     run = uuid.uuid4().hex[:8]
     rows = [{"url": hardening_server.url(f"/img/spill-{run}-{index}.jpg?w=40&h=40"), "caption": f"c{index}",
