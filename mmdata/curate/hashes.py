@@ -37,7 +37,7 @@ from PIL import Image, ImageStat
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
-from mmdata.curate.thumbnails import THUMB_BYTES, THUMB_SIDE, ZOOMS, content_features, verified
+from mmdata.curate.thumbnails import THUMB_BYTES, content_features, verified
 from mmdata.shards import iter_samples
 
 HASH_VERSION = "5"
@@ -56,7 +56,7 @@ HASH_SCHEMA = pa.schema(
         pa.field("phash", pa.uint64()),
         pa.field("crop_hashes", pa.list_(pa.uint64(), CROP_COUNT)),
         pa.field("colour_moments", pa.list_(pa.float32(), 6)),  # RGB means, then RGB standard deviations
-        pa.field("thumbnails", pa.binary(THUMB_BYTES)),  # uint8 [zooms, 16, 16, RGB] of the content
+        pa.field("thumbnails", pa.binary(THUMB_BYTES)),  # the content at 16×16 then 17×17 RGB (uint8)
         pa.field("texture", pa.float32()),
         pa.field("aspect", pa.float32()),  # log(width / height) of the content
         pa.field("hash_error", pa.string()),  # why the hashes are null (no image member, undecodable)
@@ -84,7 +84,7 @@ class NearHashes:
     phash: np.ndarray  # uint64 [n]
     crops: np.ndarray  # uint64 [n, CROP_COUNT]
     colours: np.ndarray  # float32 [n, 6]
-    thumbnails: np.ndarray | None = None  # uint8 [n, zooms, 16, 16, 3]; None: candidates are not verified
+    thumbnails: np.ndarray | None = None  # uint8 [n, THUMB_BYTES]; None: candidates are not verified
     texture: np.ndarray | None = None  # float32 [n]
     aspect: np.ndarray | None = None  # float32 [n]
 
@@ -108,7 +108,7 @@ class NearHashes:
             usable.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64),
             crops.astype(np.uint64).reshape(len(valid), CROP_COUNT),
             colours.astype(np.float32).reshape(len(valid), 6),
-            thumbnails.reshape(len(valid), len(ZOOMS), THUMB_SIDE, THUMB_SIDE, 3),
+            thumbnails.reshape(len(valid), THUMB_BYTES),
             usable.column("texture").to_numpy(zero_copy_only=False).astype(np.float32),
             usable.column("aspect").to_numpy(zero_copy_only=False).astype(np.float32),
         )

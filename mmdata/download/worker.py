@@ -45,7 +45,9 @@ class RowOutcome:
 
 
 class RowDownloader:
-    """Fetches and processes URLs on ``config.threads`` threads; one per shard task."""
+    """Fetches URLs on ``config.threads`` threads and decodes them one at a time in the caller's
+    thread: decoding is CPU-bound, so running it on every fetch thread would only oversubscribe the
+    core (Pillow releases the GIL while it decodes, so fetches go on meanwhile)."""
 
     def __init__(self, config: DownloadConfig):
         self._config = config
@@ -53,17 +55,22 @@ class RowDownloader:
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="mmdata-download")
 
     def map(self, urls: Iterable[str | None]) -> Iterator[RowOutcome]:
-        """Outcomes in the order of ``urls``, computed concurrently."""
-        return self._pool.map(self.download, urls)
+        """Outcomes in the order of ``urls``: fetched concurrently, processed as they come in."""
+        for fetched in self._pool.map(self._fetch, urls):
+            try:
+                if isinstance(fetched, Exception):
+                    raise fetched
+                yield self._process(fetched)
+            except Exception as error:  # a bug in one row must not sink the other rows of the shard
+                yield RowOutcome(_failure("failed_to_download", "internal_error", f"{type(error).__name__}: {error}"))
 
-    def download(self, url: str | None) -> RowOutcome:
+    def _fetch(self, url: str | None):
         try:
-            return self._download(url)
-        except Exception as error:  # a bug in one row must not sink the other rows of the shard
-            return RowOutcome(_failure("failed_to_download", "internal_error", f"{type(error).__name__}: {error}"))
+            return self._fetcher.fetch(url or "")
+        except Exception as error:  # handed to the consumer, which records it as the row's failure
+            return error
 
-    def _download(self, url: str | None) -> RowOutcome:
-        fetched = self._fetcher.fetch(url or "")
+    def _process(self, fetched) -> RowOutcome:
         body = fetched.body
         fields = {
             "status": fetched.status,
