@@ -188,6 +188,7 @@ def run_on_actors(
     description: str,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    env_vars: dict[str, str] | None = None,
     setup_method: str | None = None,
     on_setup: Callable[[Any], None] | None = None,
     on_result: Callable[[Any], None] | None = None,
@@ -201,6 +202,7 @@ def run_on_actors(
     """Start ``actors`` instances of ``actor_class`` (state such as a model is built once per actor,
     in the actor) and call ``method(*args)`` on whichever is idle; results in completion order.
 
+    ``env_vars`` are set in the actors' processes before they import anything (e.g. OpenMP settings).
     ``setup_method`` runs on every actor first, so that a failure to build the state (a missing
     checkpoint, no GPU) ends the job before any work is handed out; ``on_setup`` sees each result.
     ``on_tick`` is called every ``tick_seconds`` while work runs (to read live counters).
@@ -209,8 +211,9 @@ def run_on_actors(
     """
     import ray
 
+    options = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
     remote_class = ray.remote(
-        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_restarts
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_restarts, **options
     )(actor_class)
     handles = [remote_class.remote(*init_arguments) for _ in range(actors)]
     try:

@@ -26,6 +26,10 @@ from mmdata.stats import Stats
 
 # model.json is the provenance dict plus these fields about the runs that wrote the tables.
 _RUN_FIELDS = ("keep_embeddings", "precision", "device", "scored_at", "last_run")
+# Decode threads share the actor's cores with torch's OpenMP threads: spinning OpenMP waits starve
+# them and stall every parallel region behind a preempted thread (ViT-B-32 on 2 CPU cores: 0.75 of
+# the bare forward's throughput with the default policy, 0.97 with passive waits).
+ACTOR_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 # Provenance fields that identify the weights: a re-run must match them to add to the same tables.
 _IDENTITY_FIELDS = ("model_config_sha256", "weights", "checkpoint_sha256")
 
@@ -80,6 +84,7 @@ def score(config: ScoreConfig | None = None, **options) -> dict:
                     actors=plan.actors,
                     num_cpus=plan.num_cpus,
                     num_gpus=plan.num_gpus,
+                    env_vars=ACTOR_ENVIRONMENT,
                     setup_method="setup",
                     on_setup=run.actor_ready,
                     on_result=run.shard_done,
