@@ -13,7 +13,8 @@ from mmdata.schemas.samples import STATUSES
 
 # img2dataset's resizer test images are named WIDTH_HEIGHT.jpg; its expectations depend only on
 # the sizes, so where the files are absent a generated JPEG of the same size stands in.
-PEER_DIR = Path("/work/shared/peer-data/img2dataset-resize")
+# shared/ lies beside the project root (on developer machines and in CI alike)
+PEER_DIR = Path(__file__).resolve().parents[3] / "shared" / "peer-data" / "img2dataset-resize"
 PEER_SIZES = [(123, 456), (208, 495), (321, 421), (389, 535), (416, 264), (456, 123), (524, 316)]
 MAGIC = {"jpg": b"\xff\xd8\xff", "png": b"\x89PNG", "webp": b"RIFF"}
 
