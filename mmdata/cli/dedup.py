@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--colour-tolerance", type=float, default=24.0,
         help="near tier: largest difference of the RGB channel means/standard deviations, 0-255 (default 24)",
     )
+    parser.add_argument(
+        "--thumbnail-tolerance", type=float, default=64.0,
+        help="near tier: largest colour difference (0-255) of the verifying 16x16 content thumbnails (default 64)",
+    )
     parser.add_argument("--semantic", action="store_true", help="SemDeDup on the CLIP image embeddings (needs `mmdata score`)")
     parser.add_argument(
         "--eps", type=float, default=0.05,
@@ -42,6 +46,7 @@ def run(arguments: argparse.Namespace) -> int:
         near=arguments.near,
         hamming=arguments.hamming,
         colour_tolerance=arguments.colour_tolerance,
+        thumbnail_tolerance=arguments.thumbnail_tolerance,
         semantic=arguments.semantic,
         eps=arguments.eps,
         clusters=arguments.clusters,
