@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 import mmdata
 from download_checks import check_dataset, read_metadata, tar_samples, write_input
+from session_kill import kill_session
 from mmdata import layout
 from mmdata.layout import TEMP_SUFFIX
 
@@ -63,7 +63,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(http_server, tmp_path):
         # Kill once a shard is complete and another is half-written (its temporary tar exists).
         wait_for(lambda: layout.complete_shards(output) and _temporaries(output), first, log)
     finally:
-        _kill_session(first)
+        kill_session(first)
     complete_before = layout.complete_shards(output)
     assert 1 <= len(complete_before) < 6 and not layout.manifest_path(output).exists()
     states_before = file_states(output)
@@ -157,38 +157,3 @@ def test_retry_failed_rewrites_only_shards_with_transient_failures(http_server, 
 
 def _temporaries(root: Path) -> list[Path]:
     return [path for path in root.iterdir() if path.name.endswith(TEMP_SUFFIX)] if root.is_dir() else []
-
-
-def _kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL the job and every process it started (Ray's workers leave its process group but not
-    its session), then wait until none is left."""
-    deadline = time.monotonic() + 30
-    while survivors := _processes_in_session(process.pid):
-        for pid in survivors:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.poll()
-        if time.monotonic() > deadline:
-            pytest.fail(f"processes of the killed run still alive: {survivors}")
-        try:
-            process.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            pass
-    process.wait()
-
-
-def _processes_in_session(session_id: int) -> list[int]:
-    """Live processes in a session (the killed job and the Ray processes it started)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session_id and fields[0] != "Z":
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found

@@ -4,7 +4,6 @@ SIGKILL (Ray's workers leave the job's process group but stay in its session).""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,35 +37,3 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 180.0) -> bo
         except subprocess.TimeoutExpired:
             pass
     return True
-
-
-def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL every process of the child's session until none is left."""
-    deadline = time.monotonic() + 60
-    while survivors := processes_in_session(process.pid):
-        for pid in survivors:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"processes of the killed run still alive: {survivors}")
-        try:
-            process.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            pass
-    process.wait()
-
-
-def processes_in_session(session_id: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session_id and fields[0] != "Z":
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found

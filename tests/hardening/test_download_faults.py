@@ -22,7 +22,8 @@ from download_checks import check_dataset, write_input
 from mmdata import layout
 from mmdata.layout import TEMP_SUFFIX
 from mmdata.shards import iter_samples
-from processes import ENVIRONMENT, download_command, kill_session, start, wait_for
+from processes import ENVIRONMENT, download_command, start, wait_for
+from session_kill import kill_session
 
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"
 
