@@ -180,8 +180,10 @@ def bare_forward(model: str, dataset: Path, batch_size: int, device: str, precis
         for i in range(0, len(images) - batch_size + 1, batch_size)
     ]
 
+    encode_images, encode_texts = clip.encode_images, clip.encode_texts
+
     def forward(pixels, tokens):
-        scores = (clip.encode_images(pixels) * clip.encode_texts(tokens)).sum(-1)
+        scores = (encode_images(pixels) * encode_texts(tokens)).sum(-1)
         return scores.cpu()
 
     forward(*batches[0])  # warm-up (kernels, allocator)
