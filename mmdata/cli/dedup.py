@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="near tier: largest difference of the RGB channel means/standard deviations, 0-255 (default 24)",
     )
     parser.add_argument(
-        "--thumbnail-tolerance", type=float, default=64.0,
+        "--thumbnail-tolerance", type=float,
         help="near tier: largest colour difference (0-255) of the verifying 16x16 content thumbnails (default 64)",
     )
     parser.add_argument("--semantic", action="store_true", help="SemDeDup on the CLIP image embeddings (needs `mmdata score`)")
@@ -46,12 +46,12 @@ def run(arguments: argparse.Namespace) -> int:
         near=arguments.near,
         hamming=arguments.hamming,
         colour_tolerance=arguments.colour_tolerance,
-        thumbnail_tolerance=arguments.thumbnail_tolerance,
         semantic=arguments.semantic,
         eps=arguments.eps,
         clusters=arguments.clusters,
         model=arguments.model,
         processes=arguments.processes,
+        **({"thumbnail_tolerance": arguments.thumbnail_tolerance} if arguments.thumbnail_tolerance is not None else {}),
     )
     for name, value in result.counts.items():
         label = f"duplicates ({name})" if name in ("exact", "near", "semantic") else name

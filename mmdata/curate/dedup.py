@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.curate.components import connected_components
-from mmdata.curate.hashes import HASH_BITS, NearHashes, dataset_hashes, near_distance, near_matches
+from mmdata.curate.hashes import HASH_BITS, THUMBNAIL_TOLERANCE, NearHashes, dataset_hashes, near_distance, near_matches
 from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges
 from mmdata.schemas.annotations import DEDUP_SCHEMA
 from mmdata.schemas.samples import SUCCESS
@@ -40,7 +40,7 @@ class DedupConfig:
     colour_tolerance: float = 24.0  # near tier: largest difference of the RGB means/standard deviations
     # near tier: largest colour difference (0-255) between the candidates' aligned content thumbnails;
     # None: trust the hash alone (see mmdata.curate.thumbnails for why that is imprecise)
-    thumbnail_tolerance: float | None = 64.0
+    thumbnail_tolerance: float | None = THUMBNAIL_TOLERANCE
     semantic: bool = False
     eps: float = 0.05  # semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates
     clusters: int | None = None  # semantic tier: k-means clusters (None: one per ~1,000 embeddings)
@@ -158,7 +158,7 @@ def dedup(
     near: bool = False,
     hamming: int = 8,
     colour_tolerance: float = 24.0,
-    thumbnail_tolerance: float | None = 64.0,
+    thumbnail_tolerance: float | None = THUMBNAIL_TOLERANCE,
     semantic: bool = False,
     eps: float = 0.05,
     clusters: int | None = None,
