@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -35,7 +36,26 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     try:
         yield
     finally:
+        if not address:
+            _stop_autoscaler_monitor()
         ray.shutdown()
+
+
+def _stop_autoscaler_monitor() -> None:
+    """Kill the autoscaler monitor of the local Ray this job started, before ``ray.shutdown``.
+
+    ``ray.shutdown`` stops the GCS before the monitor, whose exit handler then waits its full second
+    on the gone GCS: a second of every job's wall time. A local cluster of fixed size has nothing for
+    the monitor to do or save. Ray keeps its process table private; where it differs, Ray's own
+    shutdown does the job, a second slower.
+    """
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in getattr(node, "all_processes", {}).get("monitor", []):
+        with contextlib.suppress(Exception):
+            info.process.kill()
+            info.process.wait(timeout=5)
 
 
 def cluster_resources() -> dict[str, float]:
@@ -128,24 +148,32 @@ class ProgressBoard:
     Each task reports its own cumulative counts under its key, so a task that Ray retries overwrites
     its counts instead of adding to them. A :meth:`reporter` is picklable and sends at most one update
     per ``interval`` seconds.
+
+    The board is a named actor made on the first :meth:`read`, which a job does after submitting its
+    first tasks: made before them, its worker process would start ahead of theirs and hold back the
+    job's first results by about half a second. Reports sent before it exists are dropped (progress
+    is advisory; the next report carries the cumulative counts).
     """
 
     def __init__(self) -> None:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        # On the driver's node: a worker node lost mid-job must not take the job's progress with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self._actor = ray.remote(num_cpus=0)(_Board).options(scheduling_strategy=here).remote()
+        self._name = f"mmdata-progress-{uuid.uuid4().hex}"
+        self._actor: Any = None
         self._last: dict[Any, dict[str, int]] = {}
 
     def reporter(self, key: Any, interval: float = 0.5) -> "ProgressReporter":
-        return ProgressReporter(self._actor, key, interval)
+        return ProgressReporter(self._name, key, interval)
 
     def read(self) -> dict[Any, dict[str, int]]:
         """The latest counts; the last ones read if the board is unreachable (progress is advisory)."""
         import ray
 
+        if self._actor is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # On the driver's node: a worker node lost mid-job must not take the job's progress with it.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            self._actor = ray.remote(num_cpus=0)(_Board).options(name=self._name, scheduling_strategy=here).remote()
+            return self._last
         try:
             self._last = ray.get(self._actor.read.remote())
         except ray.exceptions.RayActorError:
@@ -154,17 +182,29 @@ class ProgressBoard:
 
 
 class ProgressReporter:
-    """Called inside a task with the task's cumulative counts; forwards them, rate-limited."""
+    """Called inside a task with the task's cumulative counts; forwards them to the board, rate-limited."""
 
-    def __init__(self, actor: Any, key: Any, interval: float) -> None:
-        self._actor, self._key, self._interval = actor, key, interval
+    def __init__(self, board_name: str, key: Any, interval: float) -> None:
+        self._board_name, self._key, self._interval = board_name, key, interval
+        self._actor: Any = None
         self._last_sent = 0.0
 
     def __call__(self, counts: dict[str, int], *, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._last_sent >= self._interval:
-            self._last_sent = now
-            self._actor.report.remote(self._key, dict(counts))
+        if not (force or now - self._last_sent >= self._interval):
+            return
+        self._last_sent = now
+        if self._actor is None:
+            import ray
+
+            try:
+                self._actor = ray.get_actor(self._board_name)
+            except ValueError:  # not made yet
+                return
+        self._actor.report.remote(self._key, dict(counts))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_actor": None}  # each process looks the board up itself
 
 
 class _Board:

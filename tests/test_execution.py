@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+
+from mmdata.execution import ProgressBoard, run_tasks
+
+_SESSION_CHILD = """
+import json, psutil
+from mmdata.execution import ray_session
+
+with ray_session(num_cpus=1):
+    started = psutil.Process().children(recursive=True)
+    monitors = [p.pid for p in started if any("autoscaler" in part and "monitor" in part for part in p.cmdline())]
+    pids = [p.pid for p in started]
+# ray_session has returned: the monitor must already be gone (killed before ray.shutdown, not left
+# to time out); everything else Ray started must exit on its own shortly after.
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+monitor_alive = [pid for pid in monitors if alive(pid)]
+_, left = psutil.wait_procs([psutil.Process(pid) for pid in pids if alive(pid)], timeout=20)
+print(json.dumps({"monitors": monitors, "monitor_alive": monitor_alive, "children": len(pids), "left": [p.pid for p in left]}))
+"""
+
+
+def test_local_session_stops_everything_it_started():
+    completed = subprocess.run([sys.executable, "-c", _SESSION_CHILD], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["children"] >= 3  # gcs, raylet, monitor, ... were started for the job
+    assert len(result["monitors"]) == 1
+    assert result["monitor_alive"] == []
+    assert result["left"] == []
+
+
+def test_progress_board_is_made_on_first_read_and_collects_reports(ray_local):
+    def _report(reporter, samples):  # nested: pickled by value, the workers cannot import this module
+        reporter({"samples": samples}, force=True)
+        return samples
+
+    board = ProgressBoard()
+    # Before the first read there is no board actor: a report is dropped, not an error.
+    assert run_tasks(_report, [(board.reporter("early"), 1)], description="early", show_progress=False) == [1]
+    assert board.read() == {}  # makes the board
+    run_tasks(_report, [(board.reporter(key), key * 10) for key in (1, 2, 3)], description="report", show_progress=False)
+    deadline = time.monotonic() + 30
+    counts = board.read()
+    while len(counts) < 3 and time.monotonic() < deadline:  # reports are fire-and-forget: poll the board
+        counts = board.read()
+    assert counts == {1: {"samples": 10}, 2: {"samples": 20}, 3: {"samples": 30}}
