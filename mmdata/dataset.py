@@ -19,12 +19,26 @@ from mmdata.shards import ShardWriter
 
 class ShardOutput:
     """Collects one shard: ``add`` each input row (with its members, or ``None`` for a failure),
-    then ``commit`` with the shard's stats."""
+    then ``commit`` with the shard's stats.
 
-    def __init__(self, root: str | os.PathLike, shard: int | str, *, schema: pa.Schema = SAMPLE_SCHEMA):
+    Columns outside ``schema`` (input columns a user asked to keep) take their type from
+    ``extra_fields`` where given, so a column that is all null in one shard keeps the type it has in
+    the input instead of becoming type null there.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        shard: int | str,
+        *,
+        schema: pa.Schema = SAMPLE_SCHEMA,
+        extra_fields: pa.Schema | None = None,
+    ):
         self.root = Path(root)
         self.shard = shard
         self.schema = schema
+        self._types = {field.name: field.type for field in (extra_fields or [])}
+        self._types.update({field.name: field.type for field in schema})
         self._tar = ShardWriter(layout.tar_path(root, shard))
         self._rows: list[dict] = []
 
@@ -37,11 +51,11 @@ class ShardOutput:
 
     def commit(self, stats: dict) -> pa.Table:
         """Rename the tar, write the metadata parquet, then the stats file (the completion marker)."""
-        # from_pylist takes its columns from the first row: give every row every column, so a shard
-        # that starts with a failure (no tar_offset) keeps the later rows' columns
+        # Every column any row has (a shard that starts with a failure, without tar_offset, keeps the
+        # later rows' columns), typed from the schema or the extra fields, inferred only otherwise.
         names = list(dict.fromkeys(name for row in self._rows for name in row))
-        rows = [{name: row.get(name) for name in names} for row in self._rows]
-        table = pa.Table.from_pylist(rows) if rows else self.schema.empty_table()
+        columns = {name: pa.array([row.get(name) for row in self._rows], type=self._types.get(name)) for name in names}
+        table = pa.table(columns) if self._rows else self.schema.empty_table()
         self._tar.commit()
         aligned = write_parquet(table, layout.parquet_path(self.root, self.shard), self.schema, keep_extra=True)
         write_json(layout.stats_path(self.root, self.shard), stats)

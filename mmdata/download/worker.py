@@ -123,7 +123,7 @@ def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress:
             _sample(config, shard, row_index, record, outcome)
             for row_index, (record, outcome) in enumerate(zip(records, outcomes))
         )
-        return _write_shard(config, shard, samples, progress)
+        return _write_shard(config, shard, samples, progress, rows.schema)
 
 
 def retry_shard(config: DownloadConfig, shard: int, progress: Progress | None = None) -> dict | None:
@@ -143,7 +143,7 @@ def retry_shard(config: DownloadConfig, shard: int, progress: Progress | None = 
     with RowDownloader(config) as downloader:
         new_outcomes = downloader.map(previous[index]["url"] for index in retried)
         samples = _merge_retries(config, shard, previous, set(retried), new_outcomes)
-        return _write_shard(config, shard, samples, progress, extra_stats={"retried": len(retried)})
+        return _write_shard(config, shard, samples, progress, table.schema, extra_stats={"retried": len(retried)})
 
 
 def transient_failures(table: pa.Table) -> pa.ChunkedArray:
@@ -192,12 +192,13 @@ def _write_shard(
     shard: int,
     samples: Iterable[tuple[dict, dict | None]],
     progress: Progress | None,
+    extra_fields: pa.Schema,
     extra_stats: dict | None = None,
 ) -> dict:
     start_wall, start = time.time(), time.perf_counter()
     statuses, error_classes, byte_counts = [], [], []
     successes = 0
-    with ShardOutput(config.output_dir, shard) as output:
+    with ShardOutput(config.output_dir, shard, extra_fields=extra_fields) as output:
         for row, members in samples:
             output.add(row, members)
             statuses.append(row["status"])

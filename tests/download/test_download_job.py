@@ -127,6 +127,31 @@ def test_shard_is_written_in_input_order_with_sha256_of_the_body(http_server, tm
     assert [members.get("txt") for _, members in stored] == [None if c is None else c.encode() for c in captions]
 
 
+def test_saved_columns_keep_their_input_types_in_every_shard(http_server, tmp_path):
+    """A saved column that is all null in one shard has the input's type there too, not type null:
+    readers that concatenate the shards' parquet files would otherwise fail on the mismatch."""
+    config = DownloadConfig.from_options(input=tmp_path, output_dir=tmp_path / "out", shard_size=2,
+                                         save_additional_columns=["similarity", "width_hint", "tags"], **OPTIONS)
+    url = http_server.url("/img/typed.jpg?w=64&h=64")
+    extras = pa.schema([("similarity", pa.float32()), ("width_hint", pa.int16()), ("tags", pa.list_(pa.string()))])
+    shards = [
+        pa.table({"url": [url, url], "caption": ["a", "b"], "similarity": [0.3, 0.4], "width_hint": [1, 2],
+                  "tags": [["x"], []]}, schema=pa.schema([("url", pa.string()), ("caption", pa.string()), *extras])),
+        pa.table({"url": [url, "ftp://x/y.jpg"], "caption": ["c", "d"], "similarity": [None, None],
+                  "width_hint": [None, None], "tags": [None, None]},
+                 schema=pa.schema([("url", pa.string()), ("caption", pa.string()), *extras])),
+    ]
+    for shard, rows in enumerate(shards):
+        download_shard(config, shard, rows)
+
+    for shard in range(2):
+        schema = pq.read_schema(layout.parquet_path(tmp_path / "out", shard))
+        assert [schema.field(name).type for name in extras.names] == list(extras.types), shard
+    combined = pq.ParquetDataset([str(layout.parquet_path(tmp_path / "out", shard)) for shard in range(2)]).read()
+    assert combined["similarity"].to_pylist()[:2] == pytest.approx([0.3, 0.4])
+    assert combined["similarity"].null_count == 2 and combined["tags"].to_pylist() == [["x"], [], None, None]
+
+
 def test_config_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="unknown download option 'image_sise'"):
         DownloadConfig.from_options(input=tmp_path, output_dir=tmp_path / "o", image_sise=3)
