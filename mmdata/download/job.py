@@ -20,13 +20,14 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mmdata import __version__, layout
-from mmdata.atomic import remove_temporaries, write_json
+from mmdata.atomic import write_json
 from mmdata.download.config import DownloadConfig
 from mmdata.download.inputs import count_rows, iter_input_shards
 from mmdata.download.summary import format_summary, load_shard_stats, total_stats
 from mmdata.download.worker import download_shard, retry_shard, transient_failures
 from mmdata.execution import ProgressBoard, ProgressReporter, ray_session, run_tasks
 from mmdata.schemas.samples import SAMPLE_SCHEMA
+from mmdata.writer_lock import remove_unheld_temporaries
 
 
 def download(config: DownloadConfig | None = None, **options) -> dict:
@@ -50,10 +51,10 @@ def download(config: DownloadConfig | None = None, **options) -> dict:
         manifest_file.unlink()  # the job is incomplete again until every rewritten shard is committed
 
     started = time.perf_counter()
+    # Temporaries of shards no one is writing; a worker of a killed earlier run that is still writing
+    # holds its shard's lock, and the re-run of that shard waits for it to finish or die.
+    remove_unheld_temporaries(root)
     with ray_session(config.ray_address, num_cpus=config.workers):
-        # After Ray's start-up, not before: the workers of a killed earlier run exit within ~2 s of
-        # losing their driver, while starting Ray takes longer, so none writes behind this clean-up.
-        remove_temporaries(root)
         complete = set(layout.complete_shards(root))
         retries = _shards_to_retry(config, complete) if config.retry_failed else {}
         input_rows = count_rows(config.input)  # None when only a full read would tell
@@ -72,7 +73,7 @@ def download(config: DownloadConfig | None = None, **options) -> dict:
                 tick_seconds=0.5,
                 show_progress=False,
             )
-        remove_temporaries(root)  # left by task attempts lost with their worker or node; no task writes now
+        remove_unheld_temporaries(root)  # left by task attempts lost with their worker or node
         last_run = {"seconds": round(time.perf_counter() - started, 3), "samples": progress.samples_finished}
     return _write_manifest(config, plan.input_shards, last_run)
 

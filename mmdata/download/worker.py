@@ -1,5 +1,6 @@
 """Downloading one shard: fetch, check, decode and resize every row on a thread pool, then write the
-samples in input order through :class:`~mmdata.dataset.ShardOutput` (tar, parquet, stats last).
+samples in input order through :class:`~mmdata.dataset.ShardOutput` (tar, parquet, stats last),
+holding the shard's writer lock (:mod:`mmdata.writer_lock`) throughout.
 
 Every input row becomes one metadata row, success or failure; only successes get tar members. The
 functions here are plain Python over Arrow tables: the job runs them as Ray tasks, tests call them
@@ -28,6 +29,7 @@ from mmdata.download.net import TRANSIENT_ERROR_CLASSES, Fetcher, FetchPolicy
 from mmdata.download.summary import shard_stats
 from mmdata.schemas.samples import SUCCESS
 from mmdata.shards import iter_samples
+from mmdata.writer_lock import shard_writer
 
 # Called with a task's cumulative counts after each row (rate-limited by the callee) and with
 # ``force=True`` once at the end: :class:`mmdata.execution.ProgressReporter`.
@@ -116,6 +118,14 @@ def process_fetcher(policy: FetchPolicy) -> Fetcher:
 def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress: Progress | None = None) -> dict:
     """Download every row of ``rows`` (columns url, caption, and saved extras) into shard ``shard``;
     returns the shard's stats, also written as its ``_stats.json``."""
+    with shard_writer(config.output_dir, shard):
+        stats_file = layout.stats_path(config.output_dir, shard)
+        if stats_file.exists():  # completed by another writer (a concurrent run) while we waited
+            return json.loads(stats_file.read_text())
+        return _download_rows(config, shard, rows, progress)
+
+
+def _download_rows(config: DownloadConfig, shard: int, rows: pa.Table, progress: Progress | None) -> dict:
     records = rows.to_pylist()
     with RowDownloader(config) as downloader:
         outcomes = downloader.map(record.get("url") for record in records)
@@ -134,16 +144,19 @@ def retry_shard(config: DownloadConfig, shard: int, progress: Progress | None = 
     The old stats file is removed first: a crash mid-rewrite leaves an incomplete shard that a plain
     re-run downloads again, never a tar that disagrees with its metadata.
     """
-    table = pq.read_table(layout.parquet_path(config.output_dir, shard))
-    retried = pc.indices_nonzero(transient_failures(table)).to_pylist()
-    previous = table.to_pylist()
-    if not retried:
-        return None
-    layout.stats_path(config.output_dir, shard).unlink()
-    with RowDownloader(config) as downloader:
-        new_outcomes = downloader.map(previous[index]["url"] for index in retried)
-        samples = _merge_retries(config, shard, previous, set(retried), new_outcomes)
-        return _write_shard(config, shard, samples, progress, table.schema, extra_stats={"retried": len(retried)})
+    with shard_writer(config.output_dir, shard):
+        if not layout.stats_path(config.output_dir, shard).exists():
+            return None  # another writer is redoing it (its stats are gone): nothing left to retry here
+        table = pq.read_table(layout.parquet_path(config.output_dir, shard))
+        retried = pc.indices_nonzero(transient_failures(table)).to_pylist()
+        previous = table.to_pylist()
+        if not retried:
+            return None
+        layout.stats_path(config.output_dir, shard).unlink()
+        with RowDownloader(config) as downloader:
+            new_outcomes = downloader.map(previous[index]["url"] for index in retried)
+            samples = _merge_retries(config, shard, previous, set(retried), new_outcomes)
+            return _write_shard(config, shard, samples, progress, table.schema, extra_stats={"retried": len(retried)})
 
 
 def transient_failures(table: pa.Table) -> pa.ChunkedArray:

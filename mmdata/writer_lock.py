@@ -1,0 +1,84 @@
+"""One writer per shard at a time, across processes and machines sharing the folder.
+
+A shard's writer holds an exclusive ``flock`` on ``DIR/.locks/<shard>.lock`` while it writes. The
+kernel (or the NFS server) drops the lock when the holder exits however it exits, so a worker left
+running by a killed job delays the re-run of its shard instead of racing it, and two runs of the
+same command on one folder share the work instead of corrupting it. Lock files are never deleted:
+unlinking a held lock file would let a second writer lock a new file of the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from mmdata import layout
+
+LOCK_FOLDER = ".locks"
+
+
+@contextlib.contextmanager
+def shard_writer(root: str | os.PathLike, shard: int | str) -> Iterator[None]:
+    """Hold the shard's writer lock, waiting for a current holder to finish or die; then remove the
+    temporaries an earlier holder left, so the caller starts clean."""
+    with _locked(root, shard, blocking=True):
+        remove_shard_temporaries(root, shard)
+        yield
+
+
+def remove_unheld_temporaries(root: str | os.PathLike) -> int:
+    """Remove the temporaries of every shard no live writer holds (and of files outside shards);
+    returns how many were removed. Safe while other writers run."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    by_shard: dict[str, list[Path]] = {}
+    for path in root.iterdir():
+        if path.name.startswith(".") and path.name.endswith(layout.TEMP_SUFFIX) and path.is_file():
+            by_shard.setdefault(_shard_of(path.name), []).append(path)
+    for shard, paths in by_shard.items():
+        with (_locked(root, shard, blocking=False) if shard else contextlib.nullcontext(True)) as free:
+            if free:
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+def remove_shard_temporaries(root: str | os.PathLike, shard: int | str) -> int:
+    root = Path(root)
+    name = layout.shard_name(shard) if isinstance(shard, int) else shard
+    removed = 0
+    for path in root.glob(f".{name}[._]*{layout.TEMP_SUFFIX}"):
+        if _shard_of(path.name) == name:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(root: str | os.PathLike, shard: int | str, *, blocking: bool) -> Iterator[bool]:
+    name = layout.shard_name(shard) if isinstance(shard, int) else shard
+    folder = Path(root) / LOCK_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _shard_of(temporary_name: str) -> str:
+    """``.00012.tar.<id>.tmp`` and ``.00012_stats.json.<id>.tmp`` -> ``00012``; '' for other files."""
+    stem = temporary_name[1:]
+    digits = len(stem) - len(stem.lstrip("0123456789"))
+    return stem[:digits] if digits >= layout.SHARD_DIGITS and stem[digits:digits + 1] in (".", "_") else ""
