@@ -150,6 +150,8 @@ def main() -> int:
     # write them to their stats files), so fixed start-up costs do not hide per-image speed.
     rates: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
     processing_rates: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
+    startups: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
+    wind_downs: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
     successes: dict[str, int] = {}
     ceilings: list[float] = []
     with nginx_serving(IMAGES, probe=names[0]) as base_url:
@@ -164,18 +166,26 @@ def main() -> int:
                 if tool == "img2dataset" and img2dataset_bin is None:
                     continue
                 output = work / tool
+                launched = time.time()
                 if tool == "mmdata":
                     seconds = run_mmdata(urls, output, threads=args.threads, shard_size=shard_size)
                 else:
                     seconds = run_img2dataset(img2dataset_bin, urls, output, threads=args.threads, shard_size=shard_size)
                 shard_stats = load_shard_stats(output)
                 totals = total_stats(shard_stats)
-                window = max(s["end_time"] for s in shard_stats) - min(s["start_time"] for s in shard_stats)
+                first_start = min(s["start_time"] for s in shard_stats)
+                last_end = max(s["end_time"] for s in shard_stats)
+                window = last_end - first_start
                 successes[tool] = totals["successes"]
                 rates[tool].append(count / seconds)
                 processing_rates[tool].append(count / window)
+                # Fixed costs: launch to the first shard's start (imports, cluster or pool start-up, first
+                # task), and the last shard's end to the command's exit (manifest, shutting down).
+                startups[tool].append(first_start - launched)
+                wind_downs[tool].append(launched + seconds - last_end)
                 print(f"round {round_index + 1} {tool:<12} {seconds:6.1f} s  {count / seconds:6.0f} images/s whole command, "
                       f"{count / window:6.0f} images/s from first shard start to last shard end  "
+                      f"(start-up {startups[tool][-1]:.1f} s, wind-down {wind_downs[tool][-1]:.1f} s)  "
                       f"{totals['successes']}/{totals['count']} stored", flush=True)
 
     ceiling = statistics.median(ceilings)
@@ -185,6 +195,8 @@ def main() -> int:
         if rates[tool]:
             figures[f"{tool}_images_per_s"] = round(statistics.median(rates[tool]), 1)
             figures[f"{tool}_processing_images_per_s"] = round(statistics.median(processing_rates[tool]), 1)
+            figures[f"{tool}_startup_s"] = round(statistics.median(startups[tool]), 2)
+            figures[f"{tool}_wind_down_s"] = round(statistics.median(wind_downs[tool]), 2)
     whole, processing = figures["mmdata_images_per_s"], figures["mmdata_processing_images_per_s"]
     figures["mmdata_of_ceiling"] = round(whole / ceiling, 3)
     figures["mmdata_processing_of_ceiling"] = round(processing / ceiling, 3)
@@ -196,6 +208,9 @@ def main() -> int:
         figures["ratio"] = round(whole / other, 2)
         figures["processing_ratio"] = round(processing / other_processing, 2)
         print(f"img2dataset: {other:.0f} images/s whole command, {other_processing:.0f} images/s processing")
+        print(f"fixed costs (start-up + wind-down): mmdata {figures['mmdata_startup_s']:.1f} + "
+              f"{figures['mmdata_wind_down_s']:.1f} s, img2dataset {figures['img2dataset_startup_s']:.1f} + "
+              f"{figures['img2dataset_wind_down_s']:.1f} s")
         print(f"mmdata / img2dataset: {whole / other:.2f}x whole command, {processing / other_processing:.2f}x processing "
               "(target >= 1.5x)")
         print(f"successes: mmdata {successes['mmdata']}, img2dataset {successes['img2dataset']} of {count}")
