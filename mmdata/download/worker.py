@@ -9,6 +9,7 @@ directly.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -34,6 +35,8 @@ from mmdata.writer_lock import shard_writer
 # Called with a task's cumulative counts after each row (rate-limited by the callee) and with
 # ``force=True`` once at the end: :class:`mmdata.execution.ProgressReporter`.
 Progress = Callable[..., None]
+# Rows fetched ahead of the decoder, per fetch thread: enough that the threads never wait for it.
+FETCH_AHEAD_PER_THREAD = 4
 # Metadata fields that describe where a sample sits in its tar; recomputed whenever a shard is rewritten.
 _SPAN_FIELDS = ("tar_offset", "tar_size")
 
@@ -49,22 +52,36 @@ class RowOutcome:
 class RowDownloader:
     """Fetches URLs on ``config.threads`` threads and decodes them one at a time in the caller's
     thread: decoding is CPU-bound, so running it on every fetch thread would only oversubscribe the
-    core (Pillow releases the GIL while it decodes, so fetches go on meanwhile)."""
+    core (Pillow releases the GIL while it decodes, so fetches go on meanwhile).
+
+    Fetches run at most ``FETCH_AHEAD_PER_THREAD * threads`` rows ahead of the decoder, so on a
+    network faster than decoding the bodies waiting in memory stay bounded instead of growing to
+    the whole shard.
+    """
 
     def __init__(self, config: DownloadConfig):
         self._config = config
         self._fetcher = process_fetcher(config.network)
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="mmdata-download")
+        self._window = FETCH_AHEAD_PER_THREAD * config.threads
 
     def map(self, urls: Iterable[str | None]) -> Iterator[RowOutcome]:
         """Outcomes in the order of ``urls``: fetched concurrently, processed as they come in."""
-        for fetched in self._pool.map(self._fetch, urls):
-            try:
-                if isinstance(fetched, Exception):
-                    raise fetched
-                yield self._process(fetched)
-            except Exception as error:  # a bug in one row must not sink the other rows of the shard
-                yield RowOutcome(_failure("failed_to_download", "internal_error", f"{type(error).__name__}: {error}"))
+        fetching: collections.deque = collections.deque()
+        for url in urls:
+            if len(fetching) >= self._window:
+                yield self._outcome(fetching.popleft().result())
+            fetching.append(self._pool.submit(self._fetch, url))
+        while fetching:
+            yield self._outcome(fetching.popleft().result())
+
+    def _outcome(self, fetched) -> RowOutcome:
+        try:
+            if isinstance(fetched, Exception):
+                raise fetched
+            return self._process(fetched)
+        except Exception as error:  # a bug in one row must not sink the other rows of the shard
+            return RowOutcome(_failure("failed_to_download", "internal_error", f"{type(error).__name__}: {error}"))
 
     def _fetch(self, url: str | None):
         try:

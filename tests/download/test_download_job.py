@@ -17,7 +17,7 @@ from download_checks import check_dataset, write_input
 from http_server import image_bytes
 from mmdata import layout
 from mmdata.download.config import DownloadConfig
-from mmdata.download.worker import download_shard
+from mmdata.download.worker import FETCH_AHEAD_PER_THREAD, RowDownloader, download_shard
 from mmdata.shards import iter_samples
 
 # (path on the test server or absolute URL, expected status, expected error class or None)
@@ -125,6 +125,26 @@ def test_shard_is_written_in_input_order_with_sha256_of_the_body(http_server, tm
     stored = list(iter_samples(layout.tar_path(tmp_path / "out", 3)))
     assert [key for key, _ in stored] == table["key"].to_pylist()
     assert [members.get("txt") for _, members in stored] == [None if c is None else c.encode() for c in captions]
+
+
+def test_fetching_stays_a_bounded_window_ahead_of_decoding(http_server, tmp_path):
+    """On a network faster than decoding, bodies waiting for the decoder must not pile up to the
+    whole shard: URLs are taken from the input only a bounded window ahead of the outcomes."""
+    config = DownloadConfig.from_options(input=tmp_path, output_dir=tmp_path / "out", **{**OPTIONS, "threads": 2})
+    pulled = []
+
+    def urls():
+        for index in range(100):
+            pulled.append(index)
+            yield http_server.url(f"/img/ahead-{index}.jpg?w=20&h=20")
+
+    with RowDownloader(config) as downloader:
+        outcomes = downloader.map(urls())
+        first = next(outcomes)
+        assert first.fields["status"] == "success"
+        assert len(pulled) <= FETCH_AHEAD_PER_THREAD * 2 + 1
+        rest = list(outcomes)
+    assert len(rest) == 99 and len(pulled) == 100
 
 
 def test_saved_columns_keep_their_input_types_in_every_shard(http_server, tmp_path):
