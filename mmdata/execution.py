@@ -51,7 +51,7 @@ def _stop_autoscaler_monitor() -> None:
     """
     import ray
 
-    node = getattr(ray._private.worker, "_global_node", None)
+    node = getattr(getattr(ray._private, "worker", None), "_global_node", None)
     for info in getattr(node, "all_processes", {}).get("monitor", []):
         with contextlib.suppress(Exception):
             info.process.kill()
