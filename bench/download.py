@@ -2,7 +2,8 @@
 
 A few thousand web-sized images (320-2048 px, mostly JPEG; generated once into ``.cache/``) are
 served by nginx on 127.0.0.1. Both tools run as whole commands (start-up included) with 256 px,
-border, jpg q95, 2 processes and the same thread count, alternating; the ceiling is bare
+border, jpg q95, 2 processes and the same thread count, alternating; mmdata once on its default
+executor (a local Ray) and once with ``--executor processes``; the ceiling is bare
 decode+resize+encode of the same files with ``process_image`` on a 2-process pool.
 Targets: mmdata >= 1.5x img2dataset and >= 80% of the ceiling, with the same success count.
 
@@ -39,6 +40,8 @@ IMG2DATASET = ["img2dataset==1.47.0"]
 # img2dataset checks albumentations for updates over the network unless told not to.
 IMG2DATASET_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1"}
 PROCESSES = 2
+# mmdata's runs: the default executor (a local Ray started for the job) and a local process pool.
+MMDATA_EXECUTORS = {"mmdata": "ray", "mmdata-processes": "processes"}
 ASPECTS = (4 / 3, 3 / 2, 1.0, 16 / 9, 3 / 4, 2 / 3, 9 / 16)
 
 
@@ -88,13 +91,13 @@ def write_url_list(names: list[str], base_url: str, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def run_mmdata(urls: Path, output: Path, *, threads: int, shard_size: int) -> float:
+def run_mmdata(urls: Path, output: Path, *, threads: int, shard_size: int, executor: str) -> float:
     shutil.rmtree(output, ignore_errors=True)
     command = [
         sys.executable, "-m", "mmdata", "download", str(urls), "--output", str(output),
         "--image-size", "256", "--resize-mode", "border", "--encode-format", "jpg", "--encode-quality", "95",
         "--workers", str(PROCESSES), "--threads", str(threads), "--shard-size", str(shard_size),
-        "--timeout", "10", "--retries", "0", "--allow-network", "127.0.0.1/32",
+        "--timeout", "10", "--retries", "0", "--allow-network", "127.0.0.1/32", "--executor", executor,
     ]
     return timed_run(command, environment={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}, log=output.with_suffix(".log"))
 
@@ -147,11 +150,13 @@ def main() -> int:
     urls = work / "urls.parquet"
 
     # Whole command (start-up included) and processing only (shards' own start/end times: both tools
-    # write them to their stats files), so fixed start-up costs do not hide per-image speed.
-    rates: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
-    processing_rates: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
-    startups: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
-    wind_downs: dict[str, list[float]] = {"mmdata": [], "img2dataset": []}
+    # write them to their stats files), so fixed start-up costs do not hide per-image speed. mmdata runs
+    # twice: on its default executor (a local Ray started for the job) and on a local process pool.
+    tools = [*MMDATA_EXECUTORS, *([] if img2dataset_bin is None else ["img2dataset"])]
+    rates: dict[str, list[float]] = {tool: [] for tool in tools}
+    processing_rates: dict[str, list[float]] = {tool: [] for tool in tools}
+    startups: dict[str, list[float]] = {tool: [] for tool in tools}
+    wind_downs: dict[str, list[float]] = {tool: [] for tool in tools}
     successes: dict[str, int] = {}
     ceilings: list[float] = []
     with nginx_serving(IMAGES, probe=names[0]) as base_url:
@@ -161,14 +166,12 @@ def main() -> int:
             ceilings.append(ceiling)
             print(f"round {round_index + 1} ceiling      {ceiling:6.0f} images/s (process_image, {PROCESSES} processes, "
                   f"{decodable} decodable)", flush=True)
-            tools = ["mmdata", "img2dataset"] if round_index % 2 == 0 else ["img2dataset", "mmdata"]
-            for tool in tools:
-                if tool == "img2dataset" and img2dataset_bin is None:
-                    continue
+            for tool in tools if round_index % 2 == 0 else tools[::-1]:
                 output = work / tool
                 launched = time.time()
-                if tool == "mmdata":
-                    seconds = run_mmdata(urls, output, threads=args.threads, shard_size=shard_size)
+                if tool in MMDATA_EXECUTORS:
+                    seconds = run_mmdata(urls, output, threads=args.threads, shard_size=shard_size,
+                                         executor=MMDATA_EXECUTORS[tool])
                 else:
                     seconds = run_img2dataset(img2dataset_bin, urls, output, threads=args.threads, shard_size=shard_size)
                 shard_stats = load_shard_stats(output)
@@ -183,7 +186,7 @@ def main() -> int:
                 # task), and the last shard's end to the command's exit (manifest, shutting down).
                 startups[tool].append(first_start - launched)
                 wind_downs[tool].append(launched + seconds - last_end)
-                print(f"round {round_index + 1} {tool:<12} {seconds:6.1f} s  {count / seconds:6.0f} images/s whole command, "
+                print(f"round {round_index + 1} {tool:<17} {seconds:6.1f} s  {count / seconds:6.0f} images/s whole command, "
                       f"{count / window:6.0f} images/s from first shard start to last shard end  "
                       f"(start-up {startups[tool][-1]:.1f} s, wind-down {wind_downs[tool][-1]:.1f} s)  "
                       f"{totals['successes']}/{totals['count']} stored", flush=True)
@@ -191,29 +194,28 @@ def main() -> int:
     ceiling = statistics.median(ceilings)
     figures = {"images": count, "rounds": rounds, "threads": args.threads, "processes": PROCESSES,
                "ceiling_images_per_s": round(ceiling, 1), "successes": successes, "quick": args.quick}
-    for tool in rates:
-        if rates[tool]:
-            figures[f"{tool}_images_per_s"] = round(statistics.median(rates[tool]), 1)
-            figures[f"{tool}_processing_images_per_s"] = round(statistics.median(processing_rates[tool]), 1)
-            figures[f"{tool}_startup_s"] = round(statistics.median(startups[tool]), 2)
-            figures[f"{tool}_wind_down_s"] = round(statistics.median(wind_downs[tool]), 2)
-    whole, processing = figures["mmdata_images_per_s"], figures["mmdata_processing_images_per_s"]
-    figures["mmdata_of_ceiling"] = round(whole / ceiling, 3)
-    figures["mmdata_processing_of_ceiling"] = round(processing / ceiling, 3)
-    print(f"\nceiling: {ceiling:.0f} images/s (decode+resize+encode, {PROCESSES} processes)")
-    print(f"mmdata: {whole:.0f} images/s whole command ({100 * whole / ceiling:.0f}% of the ceiling), "
-          f"{processing:.0f} images/s processing ({100 * processing / ceiling:.0f}%; target >= 80%)")
-    if "img2dataset_images_per_s" in figures:
-        other, other_processing = figures["img2dataset_images_per_s"], figures["img2dataset_processing_images_per_s"]
-        figures["ratio"] = round(whole / other, 2)
-        figures["processing_ratio"] = round(processing / other_processing, 2)
-        print(f"img2dataset: {other:.0f} images/s whole command, {other_processing:.0f} images/s processing")
-        print(f"fixed costs (start-up + wind-down): mmdata {figures['mmdata_startup_s']:.1f} + "
-              f"{figures['mmdata_wind_down_s']:.1f} s, img2dataset {figures['img2dataset_startup_s']:.1f} + "
-              f"{figures['img2dataset_wind_down_s']:.1f} s")
-        print(f"mmdata / img2dataset: {whole / other:.2f}x whole command, {processing / other_processing:.2f}x processing "
-              "(target >= 1.5x)")
-        print(f"successes: mmdata {successes['mmdata']}, img2dataset {successes['img2dataset']} of {count}")
+    for tool in tools:
+        key = tool.replace("-", "_")
+        figures[f"{key}_images_per_s"] = round(statistics.median(rates[tool]), 1)
+        figures[f"{key}_processing_images_per_s"] = round(statistics.median(processing_rates[tool]), 1)
+        figures[f"{key}_startup_s"] = round(statistics.median(startups[tool]), 2)
+        figures[f"{key}_wind_down_s"] = round(statistics.median(wind_downs[tool]), 2)
+    print(f"\nceiling: {ceiling:.0f} images/s (decode+resize+encode, {PROCESSES} processes); targets: >= 80% of it, "
+          ">= 1.5x img2dataset")
+    for tool in tools:
+        key = tool.replace("-", "_")
+        whole, processing = figures[f"{key}_images_per_s"], figures[f"{key}_processing_images_per_s"]
+        line = (f"{tool:<17} {whole:4.0f} images/s whole command ({100 * whole / ceiling:3.0f}% of the ceiling), "
+                f"{processing:4.0f} processing ({100 * processing / ceiling:3.0f}%); fixed costs "
+                f"{figures[f'{key}_startup_s']:.1f} s start-up + {figures[f'{key}_wind_down_s']:.1f} s wind-down")
+        if tool != "img2dataset" and "img2dataset" in tools:
+            figures[f"{key}_ratio"] = round(whole / figures["img2dataset_images_per_s"], 2)
+            figures[f"{key}_processing_ratio"] = round(processing / figures["img2dataset_processing_images_per_s"], 2)
+            line += f"; {figures[f'{key}_ratio']:.2f}x / {figures[f'{key}_processing_ratio']:.2f}x img2dataset"
+        figures[f"{key}_of_ceiling"] = round(whole / ceiling, 3)
+        figures[f"{key}_processing_of_ceiling"] = round(processing / ceiling, 3)
+        print(line)
+    print("stored: " + ", ".join(f"{tool} {successes[tool]}" for tool in tools) + f" of {count}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

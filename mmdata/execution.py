@@ -58,6 +58,20 @@ def _stop_autoscaler_monitor() -> None:
             info.process.wait(timeout=5)
 
 
+class RayTasks:
+    """:func:`run_tasks` at a fixed concurrency with a :class:`ProgressBoard`, the interface of
+    :class:`mmdata.processes.ProcessPool`, so a job runs its tasks on either. Use inside a
+    :func:`ray_session`."""
+
+    def __init__(self, concurrency: int):
+        self.concurrency = concurrency
+        self.board = ProgressBoard()
+
+    def run_tasks(self, function: Callable[..., Any], argument_lists: Iterable[tuple], **callbacks) -> list[Any]:
+        return run_tasks(function, argument_lists, description="tasks", concurrency=self.concurrency,
+                         show_progress=False, **callbacks)
+
+
 def cluster_resources() -> dict[str, float]:
     """The joined cluster's total resources (``CPU``, ``GPU``, ...), to size actors before starting them."""
     import ray

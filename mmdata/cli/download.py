@@ -25,6 +25,8 @@ _VALUE_FLAGS = (
     ("--user-agent-token", "user_agent_token", str, "token added to the User-Agent header"),
     ("--workers", "workers", int, "concurrent shards (default: the CPU count)"),
     ("--threads", "threads", int, "concurrent requests inside each shard (default 32)"),
+    ("--executor", "executor", str, "ray (default: a local Ray, or --ray-address) or processes (a local pool, "
+     "no cluster start-up)"),
     ("--ray-address", "ray_address", str, "join this Ray cluster instead of starting a local one"),
 )
 

@@ -20,6 +20,8 @@ from mmdata.download.image import ImageOptions
 from mmdata.download.inputs import InputSpec
 from mmdata.download.net import FetchPolicy
 
+# Where shard tasks run: a Ray (local or joined), or a pool of local processes.
+EXECUTORS = ("ray", "processes")
 # Flat option names that differ from the owning dataclass's field name.
 _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
 
@@ -27,7 +29,9 @@ _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
 @dataclass(frozen=True, kw_only=True)
 class DownloadConfig:
     """One download job. ``workers`` concurrent shards (default: the CPU count), ``threads`` concurrent
-    requests inside each; ``retry_failed`` re-attempts only rows whose failure was transient."""
+    requests inside each; ``retry_failed`` re-attempts only rows whose failure was transient.
+    ``executor`` is ``ray`` (a local Ray started for the job, or ``ray_address``) or ``processes``
+    (a pool of local worker processes: no cluster start-up, one machine, no task retries)."""
 
     input: InputSpec
     output_dir: str
@@ -36,6 +40,7 @@ class DownloadConfig:
     network: FetchPolicy = field(default_factory=FetchPolicy)
     workers: int = 0
     threads: int = 32
+    executor: str = "ray"
     ray_address: str | None = None
     retry_failed: bool = False
 
@@ -55,6 +60,10 @@ class DownloadConfig:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.executor == "processes" and self.ray_address:
+            raise ValueError("--ray-address needs --executor ray (a process pool runs on this machine only)")
 
     @classmethod
     def from_options(cls, **options) -> "DownloadConfig":

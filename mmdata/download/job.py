@@ -1,5 +1,5 @@
-"""The download job: stream the input as shards, run each missing shard as a Ray task, then write
-``manifest.json`` once every shard is complete.
+"""The download job: stream the input as shards, run each missing shard as a task (on Ray, or on a
+local process pool), then write ``manifest.json`` once every shard is complete.
 
 Re-running the same job resumes it: temporaries of an interrupted run are removed, complete shards
 (those with a stats file) are skipped and incomplete ones are downloaded again from scratch.
@@ -8,6 +8,7 @@ Re-running the same job resumes it: temporaries of an interrupted run are remove
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import datetime, timezone
@@ -24,8 +25,9 @@ from mmdata.atomic import write_json
 from mmdata.download.config import DownloadConfig
 from mmdata.download.inputs import count_rows, iter_input_shards
 from mmdata.download.summary import format_summary, load_shard_stats, total_stats
-from mmdata.download.worker import download_shard, retry_shard, transient_failures
-from mmdata.execution import ProgressBoard, ProgressReporter, ray_session, run_tasks
+from mmdata.download.worker import Progress, download_shard, retry_shard, transient_failures
+from mmdata.execution import ProgressBoard, RayTasks, ray_session
+from mmdata.processes import LocalProgressBoard, ProcessPool
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 from mmdata.writer_lock import remove_unheld_temporaries
 
@@ -54,32 +56,40 @@ def download(config: DownloadConfig | None = None, **options) -> dict:
     # Temporaries of shards no one is writing; a worker of a killed earlier run that is still writing
     # holds its shard's lock, and the re-run of that shard waits for it to finish or die.
     remove_unheld_temporaries(root)
-    with ray_session(config.ray_address, num_cpus=config.workers):
+    with _executor(config) as executor:
         complete = set(layout.complete_shards(root))
         retries = _shards_to_retry(config, complete) if config.retry_failed else {}
         input_rows = count_rows(config.input)  # None when only a full read would tell
         if input_rows is not None:
             input_rows += sum(retries.values()) - sum(_shard_count(config, name) for name in complete)
         plan = _Plan(config, complete, retries)
-        progress = _SampleProgress(total=input_rows)
+        progress = _SampleProgress(executor.board, total=input_rows)
         with progress:
-            run_tasks(
+            executor.run_tasks(
                 _run_shard,
                 plan.tasks(progress.board),
-                description="shards",
-                concurrency=config.workers,
                 on_result=progress.finished,
                 on_tick=progress.tick,
                 tick_seconds=0.5,
-                show_progress=False,
             )
         remove_unheld_temporaries(root)  # left by task attempts lost with their worker or node
         last_run = {"seconds": round(time.perf_counter() - started, 3), "samples": progress.samples_finished}
     return _write_manifest(config, plan.input_shards, last_run)
 
 
-def _run_shard(config: DownloadConfig, shard: int, rows: pa.Table | None, reporter: ProgressReporter) -> dict | None:
-    """One Ray task: download a new shard (``rows`` given) or retry a complete one (``rows`` is None)."""
+@contextlib.contextmanager
+def _executor(config: DownloadConfig) -> Iterator[RayTasks | ProcessPool]:
+    """Where the shard tasks run: Ray (local, or the cluster at ``ray_address``) or a local pool."""
+    if config.executor == "processes":
+        with ProcessPool(config.workers, preload=["mmdata.download.worker"]) as pool:
+            yield pool
+        return
+    with ray_session(config.ray_address, num_cpus=config.workers):
+        yield RayTasks(config.workers)
+
+
+def _run_shard(config: DownloadConfig, shard: int, rows: pa.Table | None, reporter: Progress) -> dict | None:
+    """One task: download a new shard (``rows`` given) or retry a complete one (``rows`` is None)."""
     if rows is None:
         return retry_shard(config, shard, reporter)
     return download_shard(config, shard, rows, reporter)
@@ -93,7 +103,7 @@ class _Plan:
         self.config, self.complete, self.retries = config, complete, retries
         self.input_shards = 0
 
-    def tasks(self, board: ProgressBoard) -> Iterator[tuple]:
+    def tasks(self, board: ProgressBoard | LocalProgressBoard) -> Iterator[tuple]:
         for name in sorted(self.retries):
             yield self.config, int(name), None, board.reporter(int(name))
         for shard, rows in enumerate(iter_input_shards(self.config.input, self.config.shard_size)):
@@ -106,8 +116,8 @@ class _SampleProgress:
     """A progress bar over samples (not shards), with the success rate, fed by the tasks' live
     counters and replaced by each shard's final stats when it finishes."""
 
-    def __init__(self, total: int | None):
-        self.board = ProgressBoard()
+    def __init__(self, board: ProgressBoard | LocalProgressBoard, total: int | None):
+        self.board = board
         self._final: dict[int, dict] = {}
         self._bar = tqdm(total=total, unit="sample", desc="download", mininterval=1.0, smoothing=0.1)
 

@@ -70,8 +70,8 @@ def route_rows(server, run: str) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("input_format", ["parquet", "csv", "tsv"])
-def test_every_route_becomes_the_right_row(http_server, ray_local, tmp_path, input_format):
+@pytest.mark.parametrize("input_format, executor", [("parquet", "ray"), ("csv", "ray"), ("tsv", "ray"), ("parquet", "processes")])
+def test_every_route_becomes_the_right_row(http_server, ray_local, tmp_path, input_format, executor):
     run = uuid.uuid4().hex[:8]
     rows = route_rows(http_server, run)
     source = write_input(rows, tmp_path, input_format)
@@ -79,7 +79,8 @@ def test_every_route_becomes_the_right_row(http_server, ray_local, tmp_path, inp
     shard_size = 7
 
     manifest = mmdata.download(
-        input=source, output_dir=output, shard_size=shard_size, save_additional_columns=["source_id"], **OPTIONS
+        input=source, output_dir=output, shard_size=shard_size, save_additional_columns=["source_id"],
+        executor=executor, **OPTIONS
     )
 
     by_key, samples = check_dataset(output, rows, shard_size)

@@ -41,7 +41,8 @@ def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 1
             pass
 
 
-def test_sigkill_mid_run_then_rerun_gives_every_row_once(http_server, tmp_path):
+@pytest.mark.parametrize("executor", ["ray", "processes"])
+def test_sigkill_mid_run_then_rerun_gives_every_row_once(http_server, tmp_path, executor):
     run = uuid.uuid4().hex[:8]
     rows = []
     for index in range(60):
@@ -53,6 +54,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(http_server, tmp_path):
     command = [
         sys.executable, "-m", "mmdata", "download", str(source), "--output", str(output), "--shard-size", "10",
         "--workers", "2", "--threads", "4", "--retries", "0", "--image-size", "32", "--allow-network", "127.0.0.1/32",
+        "--executor", executor,
     ]
     environment = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "HF_HUB_OFFLINE": "1"}
 
