@@ -54,14 +54,18 @@ def write_parquet(table: pa.Table, path: str | os.PathLike, schema: pa.Schema, *
     return aligned
 
 
-def remove_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporaries left by an interrupted run; returns how many were removed."""
+def temporaries(folder: str | os.PathLike) -> list[Path]:
+    """The temporaries (``temp_path_for`` names) directly in ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
-        return 0
-    removed = 0
-    for path in folder.iterdir():
-        if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+        return []
+    return [path for path in folder.iterdir()
+            if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()]
+
+
+def remove_temporaries(folder: str | os.PathLike) -> int:
+    """Delete temporaries left by an interrupted run; returns how many were removed."""
+    found = temporaries(folder)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)

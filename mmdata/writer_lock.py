@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mmdata import layout
+from mmdata.atomic import temporaries
 
 LOCK_FOLDER = ".locks"
 
@@ -32,37 +33,35 @@ def shard_writer(root: str | os.PathLike, shard: int | str) -> Iterator[None]:
 def remove_unheld_temporaries(root: str | os.PathLike) -> int:
     """Remove the temporaries of every shard no live writer holds (and of files outside shards);
     returns how many were removed. Safe while other writers run."""
-    root = Path(root)
-    if not root.is_dir():
-        return 0
-    removed = 0
     by_shard: dict[str, list[Path]] = {}
-    for path in root.iterdir():
-        if path.name.startswith(".") and path.name.endswith(layout.TEMP_SUFFIX) and path.is_file():
-            by_shard.setdefault(_shard_of(path.name), []).append(path)
+    for path in temporaries(root):
+        by_shard.setdefault(_shard_of(path.name), []).append(path)
+    removed = 0
     for shard, paths in by_shard.items():
         with (_locked(root, shard, blocking=False) if shard else contextlib.nullcontext(True)) as free:
             if free:
-                for path in paths:
-                    path.unlink(missing_ok=True)
-                    removed += 1
+                removed += _unlink(paths)
     return removed
 
 
 def remove_shard_temporaries(root: str | os.PathLike, shard: int | str) -> int:
-    root = Path(root)
-    name = layout.shard_name(shard) if isinstance(shard, int) else shard
-    removed = 0
-    for path in root.glob(f".{name}[._]*{layout.TEMP_SUFFIX}"):
-        if _shard_of(path.name) == name:
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    name = _name(shard)
+    return _unlink([path for path in temporaries(root) if _shard_of(path.name) == name])
+
+
+def _unlink(paths: list[Path]) -> int:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)
+
+
+def _name(shard: int | str) -> str:
+    return layout.shard_name(shard) if isinstance(shard, int) else shard
 
 
 @contextlib.contextmanager
 def _locked(root: str | os.PathLike, shard: int | str, *, blocking: bool) -> Iterator[bool]:
-    name = layout.shard_name(shard) if isinstance(shard, int) else shard
+    name = _name(shard)
     folder = Path(root) / LOCK_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
