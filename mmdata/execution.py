@@ -195,19 +195,32 @@ class ProgressBoard:
         return self._last
 
 
+class Throttle:
+    """At most one ``due`` per ``interval`` seconds, or whenever forced: a task's progress reports."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last = 0.0
+
+    def due(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or now - self._last >= self._interval:
+            self._last = now
+            return True
+        return False
+
+
 class ProgressReporter:
     """Called inside a task with the task's cumulative counts; forwards them to the board, rate-limited."""
 
     def __init__(self, board_name: str, key: Any, interval: float) -> None:
-        self._board_name, self._key, self._interval = board_name, key, interval
+        self._board_name, self._key = board_name, key
+        self._throttle = Throttle(interval)
         self._actor: Any = None
-        self._last_sent = 0.0
 
     def __call__(self, counts: dict[str, int], *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not (force or now - self._last_sent >= self._interval):
+        if not self._throttle.due(force):
             return
-        self._last_sent = now
         if self._actor is None:
             import ray
 

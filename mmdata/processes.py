@@ -9,9 +9,10 @@ task whose worker died (here that fails the job; re-running it resumes).
 from __future__ import annotations
 
 import multiprocessing
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable
+
+from mmdata.execution import Throttle
 
 # Set in each worker by the pool's initializer: where reporters put their counts.
 _progress_queue: Any = None
@@ -103,13 +104,11 @@ class QueueReporter:
     """Called inside a task with the task's cumulative counts; forwards them, rate-limited."""
 
     def __init__(self, key: Any, interval: float):
-        self._key, self._interval = key, interval
-        self._last_sent = 0.0
+        self._key = key
+        self._throttle = Throttle(interval)
 
     def __call__(self, counts: dict[str, int], *, force: bool = False) -> None:
-        now = time.monotonic()
-        if _progress_queue is not None and (force or now - self._last_sent >= self._interval):
-            self._last_sent = now
+        if _progress_queue is not None and self._throttle.due(force):
             _progress_queue.put((self._key, dict(counts)))
 
 
