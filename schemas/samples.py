@@ -4,19 +4,46 @@ Field names follow img2dataset (key, url, caption, status, error_message, width,
 original_width, original_height, sha256) so tools written for its output keep working.
 """
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 # The closed set of statuses. Everything but "success" carries a non-empty error_message.
 SUCCESS = "success"
-STATUSES = (
-    SUCCESS,
-    "invalid_url",  # empty, malformed, or a scheme other than http/https: never opened
-    "blocked",  # the address (or a redirect hop's) is loopback/private/reserved and not allowed
-    "opted_out",  # X-Robots-Tag carried a disallowed directive (noai, noimageai, ...)
-    "failed_to_download",  # network error, HTTP error, timeout, body over the byte cap
-    "failed_to_decode",  # the body is not a decodable image (HTML, garbage, truncated, pixel bomb)
-    "filtered",  # decoded but refused by a size or aspect-ratio rule
-)
+INVALID_URL = "invalid_url"  # empty, malformed, or a scheme other than http/https: never opened
+BLOCKED = "blocked"  # the address (or a redirect hop's) is loopback/private/reserved and not allowed
+OPTED_OUT = "opted_out"  # X-Robots-Tag carried a disallowed directive (noai, noimageai, ...)
+FAILED_TO_DOWNLOAD = "failed_to_download"  # network error, HTTP error, timeout, body over the byte cap
+FAILED_TO_DECODE = "failed_to_decode"  # not a decodable image (HTML, garbage, truncated, pixel bomb)
+FILTERED = "filtered"  # decoded but refused by a size or aspect-ratio rule
+STATUSES = (SUCCESS, INVALID_URL, BLOCKED, OPTED_OUT, FAILED_TO_DOWNLOAD, FAILED_TO_DECODE, FILTERED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one sample at one step: a status from :data:`STATUSES`, and for a failure
+    its class (a short token such as ``timeout`` or ``http_404``) and a message for people."""
+
+    status: str = SUCCESS
+    error_class: str | None = None
+    error_message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; one of {STATUSES}")
+        if self.status != SUCCESS and not self.error_message:
+            raise ValueError(f"a {self.status} outcome needs an error_message")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+    def fields(self) -> dict:
+        """The metadata columns this outcome fills."""
+        return {"status": self.status, "error_class": self.error_class, "error_message": self.error_message}
+
+
+OK = Outcome()
 
 SAMPLE_SCHEMA = pa.schema(
     [
