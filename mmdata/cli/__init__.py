@@ -1,9 +1,7 @@
-"""The ``mmdata`` command. It holds no logic: each subcommand module in this package turns its
-arguments into a config and calls one library function.
-
-A subcommand module defines ``register(subparsers)``, which adds its parser and sets ``handler`` to a
-function taking the parsed arguments. Modules import heavy libraries inside the handler, so
-``mmdata --help`` stays fast.
+"""The ``mmdata`` command. Each subcommand module here defines ``register(subparsers)``, which adds
+its parser and sets ``handler`` to a function that turns the parsed arguments into a config and calls
+one library function; modules starting with ``_`` hold shared flags. Heavy libraries are imported
+inside the handlers, so ``mmdata --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,21 +13,45 @@ import sys
 
 from mmdata import __version__
 
+DESCRIPTION = """Curate image-text pretraining data: download URL+caption tables into WebDataset
+shards with Parquet metadata, CLIP-score every pair, mark duplicates, filter into
+views, and stream the kept samples into PyTorch. Every stage resumes where it stopped."""
+EPILOG = """the loop in five commands:
+  mmdata download urls.parquet --output data         # shards, metadata, stats, manifest.json
+  mmdata score data --model ViT-B-32 --pretrained CKPT
+  mmdata dedup data --exact --near --semantic
+  mmdata filter data --view train --min-clip-score 0.28 --drop-duplicates
+  mmdata reshard data --view train --output data-train
+
+work commands take --executor ray|processes|inline, --workers N and --ray-address ADDR.
+'mmdata COMMAND --help' describes each command."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmdata", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mmdata", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mmdata {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmdata.execution.signals import Interrupted, interrupts_raise
+
     arguments = build_parser().parse_args(argv)
     try:
-        return arguments.handler(arguments) or 0
+        with interrupts_raise():
+            return arguments.handler(arguments) or 0
+    except Interrupted as interrupt:
+        from mmdata.execution.progress import interrupted_line
+
+        print(f"mmdata {arguments.command}: {interrupted_line()}", file=sys.stderr, flush=True)
+        return interrupt.exit_code
     except (ValueError, FileNotFoundError) as error:
         print(f"mmdata {arguments.command}: error: {error}", file=sys.stderr)
         return 2

@@ -5,11 +5,12 @@ import time
 
 import psutil
 
-from mmdata.execution import ProgressBoard, run_tasks
+from mmdata.execution import ExecutionConfig
+from mmdata.execution.ray import ProgressBoard, RayExecutor
 
 _SESSION_CHILD = """
 import json, psutil
-from mmdata.execution import ray_session
+from mmdata.execution.ray import ray_session
 
 with ray_session(num_cpus=1):
     started = psutil.Process().children(recursive=True)
@@ -44,42 +45,13 @@ def test_progress_board_is_made_on_first_read_and_collects_reports(ray_local):
         return samples
 
     board = ProgressBoard()
+    executor = RayExecutor(ExecutionConfig(executor="ray"))  # the session's Ray, used as it is
     # Before the first read there is no board actor: a report is dropped, not an error.
-    assert run_tasks(_report, [(board.reporter("early"), 1)], description="early", show_progress=False) == [1]
+    assert executor.run_tasks(_report, [(board.reporter("early"), 1)]) == [1]
     assert board.read() == {}  # makes the board
-    run_tasks(_report, [(board.reporter(key), key * 10) for key in (1, 2, 3)], description="report", show_progress=False)
+    executor.run_tasks(_report, [(board.reporter(key), key * 10) for key in (1, 2, 3)])
     deadline = time.monotonic() + 30
     counts = board.read()
     while len(counts) < 3 and time.monotonic() < deadline:  # reports are fire-and-forget: poll the board
         counts = board.read()
     assert counts == {1: {"samples": 10}, 2: {"samples": 20}, 3: {"samples": 30}}
-
-
-def _square_and_report(reporter, value):
-    reporter({"samples": value}, force=True)
-    if value < 0:
-        raise ValueError(f"negative {value}")
-    return value * value
-
-
-def test_process_pool_runs_tasks_and_collects_reports():
-    from mmdata.processes import ProcessPool
-
-    with ProcessPool(2) as pool:
-        results = pool.run_tasks(_square_and_report, [(pool.board.reporter(value), value) for value in range(1, 6)])
-        counts = pool.board.read()
-    assert sorted(results) == [1, 4, 9, 16, 25]
-    # Every task's final report is on the queue before its result reaches the driver.
-    assert counts == {value: {"samples": value} for value in range(1, 6)}
-
-
-def test_process_pool_raises_the_first_failure():
-    from mmdata.processes import ProcessPool
-
-    with ProcessPool(2) as pool:
-        try:
-            pool.run_tasks(_square_and_report, [(pool.board.reporter(value), value) for value in (1, -2, 3)])
-        except ValueError as error:
-            assert "negative -2" in str(error)
-        else:
-            raise AssertionError("the failing task's error was not raised")
