@@ -9,7 +9,8 @@ A pipeline file is::
 
 Every stage is resumable on its own (the library functions skip complete shards); the runner also
 skips a whole stage when its completion marker exists, so re-running the same command after a
-failure picks up where it stopped.
+failure picks up where it stopped. The stages that run tasks share one executor, opened when the
+first of them runs; a stage whose ``with:`` names ``executor``/``workers``/``ray_address`` gets its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from mmdata import layout
+from mmdata.execution import EXECUTION_OPTIONS, ExecutionConfig, Executor, open_executor
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -39,7 +41,7 @@ class Stage:
 
     run: Callable[..., Any]
     is_complete: Callable[..., bool] | None = None  # None: always run (cheap, or resumable inside)
-    uses_ray: bool = False
+    uses_executor: bool = False  # run takes execution=
     context: bool = False  # run returns a context manager kept open until the pipeline ends (a server)
 
 
@@ -110,11 +112,11 @@ def _demo_complete(name: str) -> Callable[..., bool]:
 
 
 STAGES: dict[str, Stage] = {
-    "download": Stage(_download, lambda *, output_dir, **_: layout.manifest_path(output_dir).exists(), uses_ray=True),
-    "score": Stage(_score, _score_complete, uses_ray=True),
-    "dedup": Stage(_dedup, lambda *, dataset, **_: (layout.annotations_dir(dataset) / "dedup.parquet").exists(), uses_ray=True),
+    "download": Stage(_download, lambda *, output_dir, **_: layout.manifest_path(output_dir).exists(), uses_executor=True),
+    "score": Stage(_score, _score_complete, uses_executor=True),
+    "dedup": Stage(_dedup, lambda *, dataset, **_: (layout.annotations_dir(dataset) / "dedup.parquet").exists(), uses_executor=True),
     "filter": Stage(_filter, lambda *, dataset, view, **_: (layout.views_dir(dataset) / f"{view}.parquet").exists()),
-    "reshard": Stage(_reshard, lambda *, output, **_: layout.manifest_path(output).exists(), uses_ray=True),
+    "reshard": Stage(_reshard, lambda *, output, **_: layout.manifest_path(output).exists(), uses_executor=True),
     "report": Stage(_report),
     # The offline demo's own stages (mmdata.demo): the synthetic web, the filter network, the scorecard.
     "synthetic": Stage(_demo("make_corpus"), _demo_complete("corpus_complete")),
@@ -161,33 +163,41 @@ def load_pipeline(path: str | os.PathLike, overrides: dict[str, Any] | None = No
 
 
 def run_pipeline(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
-                 resume_command: str | None = None, ray_address: str | None = None) -> list[StageResult]:
+                 resume_command: str | None = None, execution: ExecutionConfig | None = None,
+                 **execution_options) -> list[StageResult]:
     """Run the stages of the pipeline at ``path`` in order; skip those already complete.
 
-    One Ray session serves every stage that needs Ray. A failing stage raises :class:`PipelineError`
-    naming the stage and ``resume_command`` (default: the equivalent ``mmdata run``).
+    ``execution`` (or the flat ``executor``/``workers``/``ray_address``): where the stages' tasks run,
+    one executor for the whole pipeline. A failing stage raises :class:`PipelineError` naming the
+    stage and ``resume_command`` (default: the equivalent ``mmdata run``).
     """
+    execution = ExecutionConfig.from_options(execution_options) or execution or ExecutionConfig()
+    if execution_options:
+        raise ValueError(f"unknown run_pipeline options {sorted(execution_options)}")
     stages = load_pipeline(path, overrides)
     resume_command = resume_command or _command_for(path, overrides)
     results: list[StageResult] = []
     with contextlib.ExitStack() as scope:
-        ray_started = False
+        shared: list[Executor] = []  # opened by the first stage that runs tasks
+
+        def executor() -> Executor:
+            if not shared:
+                shared.append(scope.enter_context(open_executor(execution)))
+            return shared[0]
+
         for index, entry in enumerate(stages):
-            name, options = entry["stage"], entry["with"]
+            name, options = entry["stage"], dict(entry["with"])
             stage = STAGES[name]
             label = f"[{index + 1}/{len(stages)}] {name}"
             if stage.is_complete is not None and _complete(stage, options):
                 print(f"{label}: complete, skipped", flush=True)
                 results.append(StageResult(index, name, "skipped", 0.0))
                 continue
-            if stage.uses_ray and not ray_started:
-                from mmdata.execution import ray_session
-
-                scope.enter_context(ray_session(ray_address))
-                ray_started = True
             print(f"{label}: running", flush=True)
             started = time.perf_counter()
             try:
+                if stage.uses_executor and not any(option in options for option in EXECUTION_OPTIONS):
+                    options["execution"] = executor()
                 result = stage.run(**options)
                 if stage.context:
                     result = scope.enter_context(result)

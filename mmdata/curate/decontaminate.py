@@ -20,9 +20,12 @@ import pyarrow as pa
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
-from mmdata.curate.hashes import IMAGE_EXTENSIONS, NearHashes, dataset_hashes, hash_rows, image_member, near_matches
+from mmdata.curate.hashes import NearHashes, dataset_hashes, hash_rows, near_matches
 from mmdata.curate.semantic import normalised
+from mmdata.execution import Execution
+from mmdata.options import stage_settings
 from mmdata.schemas.annotations import CONTAMINATION_SCHEMA
+from mmdata.schemas.members import IMAGE_EXTENSIONS, image_member
 from mmdata.shards import iter_samples
 
 CONTAMINATION_METADATA_KEY = b"mmdata.contamination"
@@ -67,36 +70,48 @@ def load_eval_images(against: str | os.PathLike) -> EvalImages:
     return EvalImages(names, images)
 
 
-def decontaminate(
-    root: str | os.PathLike,
-    *,
-    against: str | os.PathLike,
-    model: str | None = None,
-    hamming: int = 8,
-    colour_tolerance: float = 24.0,
-    eps: float = 0.05,
-    embedding: bool | None = None,
-    pretrained: str | None = None,
-    device: str = "cpu",
-    processes: int | None = None,
-) -> ContaminationResult:
-    """Mark the samples of ``root`` that match an image of ``against``.
+@dataclass(frozen=True, kw_only=True)
+class DecontaminateConfig:
+    """``embedding``: None runs the embedding tier when the dataset has image embeddings (from
+    ``mmdata score``), True requires it, False skips it. ``model`` picks the score run (a model id
+    under ``DIR/scores/``); ``pretrained`` replaces a checkpoint path that no longer exists.
+    ``eps`` is a cosine distance: larger flags more."""
 
-    ``embedding``: None runs the embedding tier when ``root`` has image embeddings (from ``mmdata
-    score``), True requires it, False skips it. ``model`` picks the score run (a model id under
-    ``DIR/scores/``); ``pretrained`` replaces a checkpoint path that no longer exists.
-    ``eps`` is a cosine distance: larger flags more.
+    against: str
+    model: str | None = None
+    hamming: int = 8
+    colour_tolerance: float = 24.0
+    eps: float = 0.05
+    embedding: bool | None = None
+    pretrained: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.against:
+            raise ValueError("against is required: a folder of evaluation images or an mmdata dataset")
+        object.__setattr__(self, "against", os.fspath(self.against))
+        if not 0 <= self.hamming <= 24:
+            raise ValueError(f"hamming must be in [0, 24] bits of 64, got {self.hamming}")
+        if not 0.0 <= self.eps < 2.0:
+            raise ValueError(f"eps must be a cosine distance in [0, 2), got {self.eps}")
+
+
+def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = None, *, execution: Execution = None,
+                  **options) -> ContaminationResult:
+    """Mark the samples of ``root`` that match an image of ``config.against``.
+
+    Pass a :class:`DecontaminateConfig` or its options flat (``decontaminate(root, against="eval/")``);
+    the dataset's hashes are computed as tasks on ``execution`` (or the flat ``executor``/``workers``).
     """
-    if not 0 <= hamming <= 24:
-        raise ValueError(f"hamming must be in [0, 24] bits of 64, got {hamming}")
-    if not 0.0 <= eps < 2.0:
-        raise ValueError(f"eps must be a cosine distance in [0, 2), got {eps}")
+    config, execution = stage_settings(DecontaminateConfig, "decontaminate", config, execution, options)
+    against, model, hamming, colour_tolerance = config.against, config.model, config.hamming, config.colour_tolerance
+    eps, embedding, pretrained, device = config.eps, config.embedding, config.pretrained, config.device
     root = Path(root)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: nothing to decontaminate")
     evaluation = load_eval_images(against)
     eval_hashes = hash_rows(list(zip(evaluation.names, evaluation.images)))
-    samples = dataset_hashes(root, processes=processes)
+    samples = dataset_hashes(root, execution=execution)
     keys = samples.column("key").to_pylist()
     count = len(keys)
     reason = np.full(count, None, dtype=object)

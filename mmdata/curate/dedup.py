@@ -26,6 +26,8 @@ from mmdata.atomic import write_parquet
 from mmdata.curate.components import connected_components
 from mmdata.curate.hashes import HASH_BITS, THUMBNAIL_TOLERANCE, NearHashes, dataset_hashes, near_distance, near_matches
 from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges
+from mmdata.execution import Execution, Executor, using
+from mmdata.options import stage_settings
 from mmdata.schemas.annotations import DEDUP_SCHEMA
 from mmdata.schemas.samples import SUCCESS
 
@@ -45,8 +47,9 @@ class DedupConfig:
     eps: float = 0.05  # semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates
     clusters: int | None = None  # semantic tier: k-means clusters (None: one per ~1,000 embeddings)
     model: str | None = None  # score model whose embeddings and clip_score to use (None: the default)
-    processes: int | None = None  # 1: everything in this process; otherwise Ray where it pays
-    ray_min_rows: int = 2_000_000  # semantic tier: fan clusters out to Ray from this many embeddings
+    # semantic tier: compare clusters as tasks on the executor from this many embeddings (below, a
+    # task's start costs more than the comparisons)
+    parallel_min_rows: int = 2_000_000
 
     def __post_init__(self) -> None:
         if not (self.exact or self.near or self.semantic):
@@ -85,8 +88,9 @@ class DedupInputs:
     embedding_rows: np.ndarray | None = None  # int: which sample each embedding belongs to
 
 
-def find_duplicates(inputs: DedupInputs, config: DedupConfig) -> DedupResult:
-    """The dedup decision over in-memory inputs (no I/O)."""
+def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor | None = None) -> DedupResult:
+    """The dedup decision over in-memory inputs (no I/O); the semantic tier's clusters are compared
+    on ``executor`` when there are enough of them."""
     count = len(inputs.keys)
     labels = {}
     current = np.arange(count, dtype=np.int64)
@@ -105,8 +109,8 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig) -> DedupResult:
         labels["near"] = current
     if config.semantic:
         semantic = SemanticConfig(eps=config.eps, clusters=config.clusters)
-        use_ray = config.processes != 1 and len(inputs.embedding_rows) >= config.ray_min_rows
-        left, right = semantic_edges(inputs.embeddings, semantic, use_ray=use_ray)
+        parallel = executor if len(inputs.embedding_rows) >= config.parallel_min_rows else None
+        left, right = semantic_edges(inputs.embeddings, semantic, executor=parallel)
         current = connected_components(count, inputs.embedding_rows[left], inputs.embedding_rows[right], current)
         labels["semantic"] = current
 
@@ -151,29 +155,17 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig) -> DedupResult:
     return DedupResult(table, counts)
 
 
-def dedup(
-    root: str | os.PathLike,
-    *,
-    exact: bool = True,
-    near: bool = False,
-    hamming: int = 8,
-    colour_tolerance: float = 24.0,
-    thumbnail_tolerance: float | None = THUMBNAIL_TOLERANCE,
-    semantic: bool = False,
-    eps: float = 0.05,
-    clusters: int | None = None,
-    model: str | None = None,
-    processes: int | None = None,
-) -> DedupResult:
+def dedup(root: str | os.PathLike, config: DedupConfig | None = None, *, execution: Execution = None,
+          **options) -> DedupResult:
     """Dedup the successful samples of dataset ``root``; writes ``annotations/dedup.parquet``.
 
-    Hashes come from the per-shard cache (computed from the tars on first use, in parallel);
-    the semantic tier needs a score run with embeddings (``mmdata score``).
+    Pass a :class:`DedupConfig` or its options flat (``dedup(root, near=True, hamming=6)``), and
+    where the work runs as ``execution=`` or the flat ``executor``/``workers``/``ray_address``.
+    Hashes come from the per-shard cache (computed from the tars on first use, as tasks); the
+    semantic tier needs a score run with embeddings (``mmdata score``).
     """
-    config = DedupConfig(
-        exact=exact, near=near, hamming=hamming, colour_tolerance=colour_tolerance, thumbnail_tolerance=thumbnail_tolerance,
-        semantic=semantic, eps=eps, clusters=clusters, model=model, processes=processes,
-    )
+    config, execution = stage_settings(DedupConfig, "dedup", config, execution, options)
+    model = config.model
     from mmdata.score import store
     from mmdata.table import read_embeddings, read_table
 
@@ -193,7 +185,7 @@ def dedup(
         scores = np.full(len(keys), np.nan)
     inputs = DedupInputs(keys=keys, scores=np.where(np.isnan(scores), -np.inf, scores))
     if config.exact or config.near:
-        _attach_hashes(inputs, dataset_hashes(root, processes=processes))
+        _attach_hashes(inputs, dataset_hashes(root, execution=execution))
     if config.semantic:
         embedding_keys, embeddings = read_embeddings(root, "image", model)
         position = {key: row for row, key in enumerate(keys)}
@@ -204,7 +196,11 @@ def dedup(
         inputs.embedding_rows = sample_rows
         # index only when some embeddings are dropped: a full fancy-index would copy the whole matrix
         inputs.embeddings = embeddings if len(embedding_rows) == len(embeddings) else embeddings[embedding_rows]
-    result = find_duplicates(inputs, config)
+    if config.semantic and len(inputs.embedding_rows) >= config.parallel_min_rows:
+        with using(execution) as executor:
+            result = find_duplicates(inputs, config, executor)
+    else:
+        result = find_duplicates(inputs, config)
     settings = {"config": asdict(config), "counts": result.counts}
     table = result.table.replace_schema_metadata({DEDUP_METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
     path = layout.annotations_dir(root) / "dedup.parquet"

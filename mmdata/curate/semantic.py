@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmdata.curate.components import connected_components, forest_edges
+from mmdata.execution import Executor, StageProgress
+from mmdata.execution.progress import COUNT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +89,7 @@ def assign_clusters(embeddings: np.ndarray, config: SemanticConfig, *, block_row
     return member_rows, member_clusters
 
 
-def cluster_edges(embeddings: np.ndarray, members: np.ndarray, threshold: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_duplicate_edges(embeddings: np.ndarray, members: np.ndarray, threshold: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Spanning-forest edges (global row ids) among ``members`` whose cosine exceeds ``threshold``."""
     if len(members) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -108,9 +110,11 @@ def cluster_edges(embeddings: np.ndarray, members: np.ndarray, threshold: float,
     return members[nodes], members[roots]
 
 
-def clusters_edges(embeddings: np.ndarray, groups: list[np.ndarray], threshold: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cluster_edges` for several clusters, one after the other (a Ray task's unit of work)."""
-    found = [cluster_edges(embeddings, members, threshold, block_rows) for members in groups]
+def batch_duplicate_edges(
+    embeddings: np.ndarray, groups: list[np.ndarray], threshold: float, block_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cluster_duplicate_edges` for a batch of clusters, one after the other (a task's unit of work)."""
+    found = [cluster_duplicate_edges(embeddings, members, threshold, block_rows) for members in groups]
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
@@ -138,32 +142,27 @@ def semantic_edges(
     embeddings: np.ndarray,
     config: SemanticConfig,
     *,
-    use_ray: bool = False,
+    executor: Executor | None = None,
     tasks: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Duplicate edges among ``embeddings`` rows (any float dtype; normalised per cluster).
 
-    With ``use_ray`` the embeddings go once into Ray's object store and clusters are compared by
-    ``tasks`` Ray tasks of balanced cost; otherwise clusters run one after the other here.
+    With an ``executor`` the embeddings are shared once with its workers and clusters are compared
+    by ``tasks`` tasks of balanced cost; otherwise clusters run one after the other here.
     """
     if len(embeddings) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     threshold = 1.0 - config.eps
     groups = cluster_members(*assign_clusters(embeddings, config))
-    if not use_ray:
-        return clusters_edges(embeddings, groups, threshold, config.block_rows)
-    import ray
-
-    from mmdata.execution import ray_session, run_tasks
-
-    with ray_session():
-        shared = ray.put(embeddings)
-        results = run_tasks(
-            clusters_edges,
-            [(shared, batch, threshold, config.block_rows) for batch in balanced_batches(groups, tasks)],
-            description="semantic dedup",
-            unit="batch",
-        )
+    if executor is None:
+        return batch_duplicate_edges(embeddings, groups, threshold, config.block_rows)
+    shared = executor.share(embeddings)
+    batches = balanced_batches(groups, tasks)
+    progress = StageProgress("semantic dedup", total=len(batches), unit="batch", tasks=len(batches),
+                             task_unit="batch", final_counts=lambda edges: (id(edges), {COUNT: 1}))
+    with progress:
+        results = executor.run_tasks(batch_duplicate_edges, [(shared, batch, threshold, config.block_rows)
+                                                            for batch in batches], progress=progress)
     if not results:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])

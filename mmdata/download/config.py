@@ -1,5 +1,5 @@
-"""Settings of one download job: where rows come from, how images are stored, how the web is fetched,
-and how the work is spread over Ray.
+"""Settings of one download job: where rows come from, how images are stored and how the web is
+fetched (where the shard tasks run is the job's :class:`~mmdata.execution.ExecutionConfig`).
 
 The job's options are the union of three smaller option sets, each validated by its own module
 (:class:`InputSpec`, :class:`ImageOptions`, :class:`FetchPolicy`), plus the job's own. Python users
@@ -20,28 +20,21 @@ from mmdata.download.image import ImageOptions
 from mmdata.download.inputs import InputSpec
 from mmdata.download.net import FetchPolicy
 
-# Where shard tasks run: a Ray (local or joined), or a pool of local processes.
-EXECUTORS = ("ray", "processes")
 # Flat option names that differ from the owning dataclass's field name.
 _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
 
 
 @dataclass(frozen=True, kw_only=True)
 class DownloadConfig:
-    """One download job. ``workers`` concurrent shards (default: the CPU count), ``threads`` concurrent
-    requests inside each; ``retry_failed`` re-attempts only rows whose failure was transient.
-    ``executor`` is ``ray`` (a local Ray started for the job, or ``ray_address``) or ``processes``
-    (a pool of local worker processes: no cluster start-up, one machine, no task retries)."""
+    """One download job: ``threads`` concurrent requests inside each shard; ``retry_failed``
+    re-attempts only rows whose failure was transient."""
 
     input: InputSpec
     output_dir: str
     shard_size: int = 10_000
     image: ImageOptions = field(default_factory=ImageOptions)
     network: FetchPolicy = field(default_factory=FetchPolicy)
-    workers: int = 0
     threads: int = 32
-    executor: str = "ray"
-    ray_address: str | None = None
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
@@ -54,16 +47,8 @@ class DownloadConfig:
             raise ValueError(f"output {self.output_dir!r} exists and is not a folder: pass a folder path")
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {self.shard_size!r}")
-        if not self.workers:
-            object.__setattr__(self, "workers", os.cpu_count() or 1)
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if self.executor == "processes" and self.ray_address:
-            raise ValueError("--ray-address needs --executor ray (a process pool runs on this machine only)")
 
     @classmethod
     def from_options(cls, **options) -> "DownloadConfig":

@@ -1,5 +1,6 @@
-"""The download job: stream the input as shards, run each missing shard as a task (on Ray, or on a
-local process pool), then write ``manifest.json`` once every shard is complete.
+"""The download job: stream the input as shards, run each missing shard as a task on the executor
+(a local or joined Ray, a local process pool, or inline), then write ``manifest.json`` once every
+shard is complete.
 
 Re-running the same job resumes it: temporaries of an interrupted run are removed, complete shards
 (those with a stats file) are skipped and incomplete ones are downloaded again from scratch.
@@ -8,7 +9,7 @@ Re-running the same job resumes it: temporaries of an interrupted run are remove
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import time
 from datetime import datetime, timezone
@@ -18,130 +19,99 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from mmdata import __version__, layout
 from mmdata.atomic import write_json
 from mmdata.download.config import DownloadConfig
 from mmdata.download.inputs import count_rows, iter_input_shards
 from mmdata.download.summary import format_summary, load_shard_stats, total_stats
-from mmdata.download.worker import Progress, download_shard, retry_shard, transient_failures
-from mmdata.execution import ProgressBoard, RayTasks, ray_session
-from mmdata.processes import LocalProgressBoard, ProcessPool
+from mmdata.download.worker import ProgressFeed
+from mmdata.download.worker import download_shard, retry_shard, transient_failures
+from mmdata.execution import Execution, StageProgress, using
+from mmdata.options import stage_settings
+from mmdata.execution.progress import COUNT, SUCCESSES
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 from mmdata.writer_lock import remove_unheld_temporaries
 
 
-def download(config: DownloadConfig | None = None, **options) -> dict:
+
+def download(config: DownloadConfig | None = None, *, execution: Execution = None, **options) -> dict:
     """Download the URL+caption rows of ``config.input`` into WebDataset shards under
     ``config.output_dir``; returns the manifest (options, shard list, totals).
 
     Pass a :class:`DownloadConfig` or its options flat: ``download(input="urls.parquet",
-    output_dir="data", image_size=224, allow_network=["127.0.0.1/32"])``.
+    output_dir="data", image_size=224, allow_network=["127.0.0.1/32"], executor="processes")``.
+    ``execution`` (or the flat ``executor``/``workers``/``ray_address``): where the shard tasks run.
     """
-    if config is None:
-        config = DownloadConfig.from_options(**options)
-    elif options:
-        raise ValueError("pass either a DownloadConfig or keyword options, not both")
+    config, execution = stage_settings(DownloadConfig, "download", config, execution, options)
     root = Path(config.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     _check_same_settings(config)
     manifest_file = layout.manifest_path(root)
-    if manifest_file.exists():
-        if not config.retry_failed:
-            return json.loads(manifest_file.read_text())
-        manifest_file.unlink()  # the job is incomplete again until every rewritten shard is committed
+    if manifest_file.exists() and not config.retry_failed:
+        return json.loads(manifest_file.read_text())
 
     started = time.perf_counter()
+    complete = set(layout.complete_shards(root))
+    retries = _shards_to_retry(config, complete) if config.retry_failed else {}
+    plan = _ShardTasks(config, complete, retries)
+    tasks = plan.tasks()
+    first = next(tasks, None)  # reads the input's first rows: a bad path or column fails before any executor starts
+    root.mkdir(parents=True, exist_ok=True)
+    if manifest_file.exists():
+        manifest_file.unlink()  # the job is incomplete again until every rewritten shard is committed
     # Temporaries of shards no one is writing; a worker of a killed earlier run that is still writing
     # holds its shard's lock, and the re-run of that shard waits for it to finish or die.
     remove_unheld_temporaries(root)
-    with _executor(config) as executor:
-        complete = set(layout.complete_shards(root))
-        retries = _shards_to_retry(config, complete) if config.retry_failed else {}
-        input_rows = count_rows(config.input)  # None when only a full read would tell
-        if input_rows is not None:
-            input_rows += sum(retries.values()) - sum(_shard_count(config, name) for name in complete)
-        plan = _Plan(config, complete, retries)
-        progress = _SampleProgress(executor.board, total=input_rows)
-        with progress:
-            executor.run_tasks(
-                _run_shard,
-                plan.tasks(progress.board),
-                on_result=progress.finished,
-                on_tick=progress.tick,
-                tick_seconds=0.5,
-            )
+    input_rows = count_rows(config.input)  # None when only a full read would tell
+    if input_rows is not None:
+        input_rows += sum(retries.values()) - sum(_shard_count(config, name) for name in complete)
+    input_shards = None if input_rows is None else len(complete) + -(-input_rows // config.shard_size)
+    progress = StageProgress("download", total=input_rows, tasks=input_shards, tasks_done=len(complete),
+                             final_counts=_final_counts)
+    if first is not None:
+        with using(execution) as executor, progress:
+            executor.run_tasks(_run_shard, _with_reporters(itertools.chain([first], tasks), executor),
+                               progress=progress)
         remove_unheld_temporaries(root)  # left by task attempts lost with their worker or node
-        last_run = {"seconds": round(time.perf_counter() - started, 3), "samples": progress.samples_finished}
+    last_run = {"seconds": round(time.perf_counter() - started, 3), "samples": progress.counts.get(COUNT, 0)}
     return _write_manifest(config, plan.input_shards, last_run)
 
 
-@contextlib.contextmanager
-def _executor(config: DownloadConfig) -> Iterator[RayTasks | ProcessPool]:
-    """Where the shard tasks run: Ray (local, or the cluster at ``ray_address``) or a local pool."""
-    if config.executor == "processes":
-        with ProcessPool(config.workers, preload=["mmdata.download.worker"]) as pool:
-            yield pool
-        return
-    with ray_session(config.ray_address, num_cpus=config.workers):
-        yield RayTasks(config.workers)
-
-
-def _run_shard(config: DownloadConfig, shard: int, rows: pa.Table | None, reporter: Progress) -> dict | None:
+def _run_shard(config: DownloadConfig, shard: int, rows: pa.Table | None, reporter: ProgressFeed) -> dict | None:
     """One task: download a new shard (``rows`` given) or retry a complete one (``rows`` is None)."""
     if rows is None:
         return retry_shard(config, shard, reporter)
     return download_shard(config, shard, rows, reporter)
 
 
-class _Plan:
-    """The tasks of a run, generated lazily while the input is read, so a large input is never held
-    in memory beyond the shards in flight."""
+def _with_reporters(tasks: Iterator[tuple], executor) -> Iterator[tuple]:
+    for config, shard, rows in tasks:
+        yield config, shard, rows, executor.reporter(shard)
+
+
+def _final_counts(stats: dict | None) -> tuple[int, dict[str, int]] | None:
+    """A finished shard's counts for the progress bar, from its committed stats."""
+    if stats is None:
+        return None
+    failures = {f"failed:{name}": count for name, count in stats.get("error_classes", {}).items()}
+    return int(stats["shard"]), {COUNT: stats["count"], SUCCESSES: stats["successes"], **failures}
+
+
+class _ShardTasks:
+    """The shard tasks of a run, generated lazily while the input is read, so a large input is never
+    held in memory beyond the shards in flight."""
 
     def __init__(self, config: DownloadConfig, complete: set[str], retries: dict[str, int]):
         self.config, self.complete, self.retries = config, complete, retries
         self.input_shards = 0
 
-    def tasks(self, board: ProgressBoard | LocalProgressBoard) -> Iterator[tuple]:
+    def tasks(self) -> Iterator[tuple]:
         for name in sorted(self.retries):
-            yield self.config, int(name), None, board.reporter(int(name))
+            yield self.config, int(name), None
         for shard, rows in enumerate(iter_input_shards(self.config.input, self.config.shard_size)):
             self.input_shards = shard + 1
             if layout.shard_name(shard) not in self.complete:
-                yield self.config, shard, rows, board.reporter(shard)
-
-
-class _SampleProgress:
-    """A progress bar over samples (not shards), with the success rate, fed by the tasks' live
-    counters and replaced by each shard's final stats when it finishes."""
-
-    def __init__(self, board: ProgressBoard | LocalProgressBoard, total: int | None):
-        self.board = board
-        self._final: dict[int, dict] = {}
-        self._bar = tqdm(total=total, unit="sample", desc="download", mininterval=1.0, smoothing=0.1)
-
-    def tick(self) -> None:
-        counts = {**self.board.read(), **self._final}
-        samples = sum(entry["samples"] for entry in counts.values())
-        successes = sum(entry["successes"] for entry in counts.values())
-        self._bar.set_postfix_str(f"success {100 * successes / max(samples, 1):.1f}%, shards {len(self._final)}", refresh=False)
-        self._bar.update(samples - self._bar.n)
-
-    def finished(self, stats: dict | None) -> None:
-        if stats is not None:
-            self._final[int(stats["shard"])] = {"samples": stats["count"], "successes": stats["successes"]}
-
-    @property
-    def samples_finished(self) -> int:
-        return sum(entry["samples"] for entry in self._final.values())
-
-    def __enter__(self) -> "_SampleProgress":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.tick()
-        self._bar.close()
+                yield self.config, shard, rows
 
 
 def _shards_to_retry(config: DownloadConfig, complete: set[str]) -> dict[str, int]:

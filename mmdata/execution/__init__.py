@@ -18,7 +18,7 @@ from mmdata.execution.signals import Interrupted, interrupts_raise
 
 __all__ = [
     "EXECUTION_OPTIONS", "EXECUTORS", "ExecutionConfig", "Executor", "Interrupted", "StageProgress",
-    "interrupted_line", "interrupts_raise", "open_executor", "using",
+    "interrupted_line", "interrupts_raise", "open_executor", "sized", "using", "Execution",
 ]
 
 Execution = ExecutionConfig | Executor | None
@@ -48,3 +48,11 @@ def using(execution: Execution = None) -> Iterator[Executor]:
         return
     with open_executor(execution or ExecutionConfig()) as executor:
         yield executor
+
+
+def sized(execution: Execution, tasks: int) -> Execution:
+    """``execution``, or inline for a single task when no executor is open yet: starting a Ray or a
+    pool for one task would cost more than the task."""
+    if tasks <= 1 and not isinstance(execution, Executor):
+        return ExecutionConfig(executor="inline")
+    return execution

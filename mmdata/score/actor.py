@@ -1,7 +1,7 @@
-"""The Ray actor that holds one CLIP model and scores whole shards with it.
+"""The actor that holds one CLIP model and scores whole shards with it (on any executor).
 
 The model is loaded in the actor, and the hardware is probed there: ``device="auto"`` becomes cuda
-only if this process sees a GPU. Torch and decode threads are sized from the CPUs Ray gave the actor.
+only if this process sees a GPU. Torch and decode threads are sized from the CPUs the actor was given.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from mmdata.score.pipeline import ShardOutcome, ShardScorer, score_tar
 class ScoreActor:
     """Scores shards with one model; ``setup`` loads it (also called lazily after an actor restart)."""
 
-    def __init__(self, spec: ModelSpec, config: ScoreConfig):
+    def __init__(self, spec: ModelSpec, config: ScoreConfig, cpus: int = 1):
         self.spec = spec
         self.config = config
+        self.cpus = max(1, cpus)
         self.scorer: ShardScorer | None = None
 
     def setup(self) -> dict:
@@ -26,7 +27,7 @@ class ScoreActor:
 
             from mmdata.score.model import load_clip
 
-            cpus = _assigned_cpus()
+            cpus = self.cpus
             config = self.config
             clip = load_clip(self.spec, device=config.device, precision=config.precision)
             # On CPU the model wants every core; on GPU the cores are for decoding.
@@ -48,20 +49,12 @@ class ScoreActor:
         }
 
     def score(self, shard: str, tar_path: str, output_path: str, reporter=None) -> ShardOutcome:
-        """Score one shard; ``reporter`` (an ``execution.ProgressReporter``) gets live counts."""
+        """Score one shard; ``reporter`` (the executor's progress feed) gets live counts."""
         self.setup()
         outcome = score_tar(self.scorer, shard, tar_path, output_path, reporter)
         if reporter is not None:
             reporter(dict(outcome.stats.counts), force=True)
         return outcome
-
-
-def _assigned_cpus() -> int:
-    """Whole CPUs Ray assigned to this actor (at least one)."""
-    import ray
-
-    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    return max(1, int(assigned))
 
 
 def _torch_threads() -> int:

@@ -1,4 +1,4 @@
-"""Settings of a scoring job, validated when made so a bad option fails before Ray starts."""
+"""Settings of a scoring job, validated when made so a bad option fails before any executor starts."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ class ScoreConfig:
     prefetch_batches: int = 2
     no_embeddings: bool = False
     default: bool = False  # make this model the one read_table shows as clip_score
-    ray_address: str | None = None
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -52,14 +51,6 @@ class ScoreConfig:
             raise ValueError(f"decode_workers must be at least 1, not {self.decode_workers}")
         if self.prefetch_batches < 1:
             raise ValueError(f"prefetch_batches must be at least 1, not {self.prefetch_batches}")
-
-    @classmethod
-    def from_options(cls, **options) -> "ScoreConfig":
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ValueError(f"unknown score options {unknown}; known: {sorted(names)}")
-        return cls(**options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

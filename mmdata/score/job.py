@@ -1,4 +1,4 @@
-"""``mmdata.score``: CLIP-score every stored sample of a dataset with Ray actors, one table per shard.
+"""``mmdata.score``: CLIP-score every stored sample of a dataset with actors, one table per shard.
 
 The driver only names the model (no weights built here), lists the complete shards that have no
 score table yet, and hands them to actors; each actor writes its shards' tables atomically, so a
@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tqdm import tqdm
-
 from mmdata import layout
 from mmdata.atomic import remove_temporaries, write_json
-from mmdata.execution import ProgressBoard, cluster_resources, ray_session, run_on_actors
+from mmdata.execution import Execution, StageProgress, using
+from mmdata.options import stage_settings
 from mmdata.score import store
 from mmdata.score.config import ScoreConfig
 from mmdata.score.model import ModelSpec, resolve_model
@@ -34,16 +33,14 @@ ACTOR_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 _IDENTITY_FIELDS = ("model_config_sha256", "weights", "checkpoint_sha256")
 
 
-def score(config: ScoreConfig | None = None, **options) -> dict:
+def score(config: ScoreConfig | None = None, *, execution: Execution = None, **options) -> dict:
     """Score ``config.dataset`` with ``config.model``/``config.pretrained``; returns the run summary.
 
     Pass a :class:`ScoreConfig` or its options flat: ``score(dataset="data", model="ViT-B-32",
-    pretrained="/ckpt/vit_b_32.safetensors", batch_size=128)``.
+    pretrained="/ckpt/vit_b_32.safetensors", batch_size=128)``. ``execution`` (or the flat
+    ``executor``/``workers``/``ray_address``): where the actors run.
     """
-    if config is None:
-        config = ScoreConfig.from_options(**options)
-    elif options:
-        raise ValueError("pass either a ScoreConfig or keyword options, not both")
+    config, execution = stage_settings(ScoreConfig, "score", config, execution, options)
     root = Path(config.dataset)
     spec = resolve_model(config.model, config.pretrained)
     output_dir = store.model_dir(root, spec.model_id)
@@ -59,41 +56,32 @@ def score(config: ScoreConfig | None = None, **options) -> dict:
     started = time.perf_counter()
     run = _Run(root, spec, config, record)
     if todo:
-        with ray_session(config.ray_address):
-            from mmdata.score.actor import ScoreActor
+        from mmdata.score.actor import ScoreActor
 
-            cluster = cluster_resources()
+        progress = StageProgress(f"scoring with {spec.model_id}", total=_stored_samples(root, todo), tasks=len(shards),
+                                 tasks_done=len(shards) - len(todo), final_counts=_final_counts,
+                                 show=config.show_progress)
+        with using(execution) as executor, progress:
+            cluster = executor.resources()
             plan = plan_actors(config, len(todo), cluster.get("CPU", 0), cluster.get("GPU", 0))
-            board = ProgressBoard()
-            with tqdm(total=_stored_samples(root, todo), desc=f"scoring with {spec.model_id}", unit="sample",
-                      mininterval=1.0, disable=not config.show_progress) as progress:
-
-                def show_progress() -> None:
-                    done = sum(counts.get("samples", 0) for counts in board.read().values())
-                    progress.update(done - progress.n)
-
-                run_on_actors(
-                    ScoreActor,
-                    (spec, config),
-                    "score",
-                    [
-                        (shard, str(layout.tar_path(root, shard)), str(store.score_path(root, spec.model_id, shard)),
-                         board.reporter(shard))
-                        for shard in todo
-                    ],
-                    actors=plan.actors,
-                    num_cpus=plan.num_cpus,
-                    num_gpus=plan.num_gpus,
-                    env_vars=ACTOR_ENVIRONMENT,
-                    setup_method="setup",
-                    on_setup=run.actor_ready,
-                    on_result=run.shard_done,
-                    on_tick=show_progress if config.show_progress else None,
-                    description=f"scoring with {spec.model_id}",
-                    show_progress=False,
-                )
-                if config.show_progress:
-                    show_progress()
+            executor.run_on_actors(
+                ScoreActor,
+                (spec, config, int(plan.num_cpus)),
+                "score",
+                [
+                    (shard, str(layout.tar_path(root, shard)), str(store.score_path(root, spec.model_id, shard)),
+                     executor.reporter(shard))
+                    for shard in todo
+                ],
+                actors=plan.actors,
+                num_cpus=plan.num_cpus,
+                num_gpus=plan.num_gpus,
+                env_vars=ACTOR_ENVIRONMENT,
+                setup_method="setup",
+                on_setup=run.actor_ready,
+                on_result=run.shard_done,
+                progress=progress,
+            )
     seconds = time.perf_counter() - started
     summary = run.finish(shards=len(shards), skipped=len(shards) - len(todo), seconds=seconds)
     if config.default:
@@ -188,6 +176,10 @@ def _stored_samples(root: Path, shards: list[str]) -> int | None:
     return total
 
 
+def _final_counts(outcome) -> tuple[str, dict[str, int]]:
+    return outcome.shard, dict(outcome.stats.counts)
+
+
 def _provenance_of(record: dict) -> dict:
     return {key: value for key, value in record.items() if key not in _RUN_FIELDS}
 
@@ -200,12 +192,12 @@ class ActorPlan:
 
 
 def plan_actors(config: ScoreConfig, shards_to_score: int, cluster_cpus: float, cluster_gpus: float) -> ActorPlan:
-    """How many actors and what each asks Ray for: declared here, the hardware is probed in the actor."""
+    """How many actors and what each asks the executor for: declared here, the hardware is probed in the actor."""
     use_gpus = config.device == "cuda" or (config.device == "auto" and cluster_gpus > 0)
     if not use_gpus:
         actors, num_gpus = config.actors or 1, 0.0
     elif cluster_gpus <= 0:
-        raise ValueError("--device cuda but the Ray cluster has no GPU; use --device cpu or auto")
+        raise ValueError("--device cuda but the executor has no GPU (only Ray sees GPUs); use --device cpu or auto")
     else:
         actors, num_gpus = _gpu_actors(config, cluster_cpus, cluster_gpus)
     actors = max(1, min(actors, shards_to_score))

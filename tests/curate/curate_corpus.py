@@ -203,7 +203,7 @@ def write_dataset(
 
     from mmdata import layout
     from mmdata.atomic import write_json, write_parquet
-    from mmdata.dataset import ShardOutput
+    from mmdata.shard_output import ShardOutput
     from mmdata.schemas.scores import score_schema
 
     rows = []

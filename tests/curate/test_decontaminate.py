@@ -46,7 +46,7 @@ def test_folder_of_images_marks_exact_and_near_matches(dataset, tmp_path, capsys
     (evaluation / "notes.txt").write_text("not an image")
     (evaluation / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
 
-    assert cli_main(["decontaminate", str(root), "--against", str(evaluation), "--no-embedding", "--processes", "1"]) == 0
+    assert cli_main(["decontaminate", str(root), "--against", str(evaluation), "--no-embedding", "--executor", "inline"]) == 0
     printed = capsys.readouterr().out
     assert f"{'eval_images':<24}{5:>12,}" in printed and f"{'eval_undecodable':<24}{1:>12,}" in printed
     table = pq.read_table(layout.annotations_dir(root) / "contamination.parquet")
@@ -89,7 +89,7 @@ def test_embedding_tier_rebuilds_the_scoring_model(dataset, tmp_path, ray_local)
     source = key_of(items, 3, "original")
     mirrored = ImageOps.mirror(decoded(items[source].image))
     (evaluation / "mirrored.jpg").write_bytes(encode(mirrored, "jpeg", quality=90))
-    result = decontaminate(root, against=evaluation, embedding=True, eps=0.01, processes=1)
+    result = decontaminate(root, against=evaluation, embedding=True, eps=0.01, executor="inline")
     rows = {row["key"]: row for row in result.table.to_pylist()}
     assert rows[source]["contamination_reason"] == "embedding" and rows[source]["contaminated_by"] == "mirrored.jpg"
     assert result.counts["exact"] == result.counts["near"] == 0
@@ -101,7 +101,7 @@ def test_another_dataset_as_the_evaluation_set(dataset, tmp_path):
     chosen = [key_of(items, 1, "original"), key_of(items, 3, "resize")]
     other = tmp_path / "evalset"
     other_keys = write_dataset(other, [items[key] for key in chosen], shard_size=10)
-    result = decontaminate(root, against=other, embedding=False, processes=1)
+    result = decontaminate(root, against=other, embedding=False, executor="inline")
     rows = {row["key"]: row for row in result.table.to_pylist()}
     assert rows[chosen[0]]["contaminated_by"] == other_keys[0] and rows[chosen[0]]["contamination_reason"] == "exact"
     assert rows[key_of(items, 3, "original")]["contamination_reason"] == "near"

@@ -9,6 +9,7 @@ import pytest
 
 from curate_corpus import NEAR_KINDS, PIXEL_MODEL_ID, build_corpus, scene_embeddings, write_dataset
 from mmdata import layout
+from mmdata.execution import ExecutionConfig
 from mmdata.cli import main as cli_main
 from mmdata.curate.components import connected_components
 from mmdata.curate.dedup import DedupConfig, DedupInputs, dedup, find_duplicates
@@ -57,7 +58,7 @@ def tier_metrics(table, items):
 
 def test_exact_tier_alone_finds_copies_and_pixel_identical_files(planted):
     root, items = planted
-    result = dedup(root, exact=True, processes=1)
+    result = dedup(root, exact=True, executor="inline")
     by_key = {row["key"]: row for row in result.table.to_pylist()}
     for key, item in items.items():
         row = by_key[key]
@@ -76,7 +77,7 @@ def test_each_tier_meets_precision_and_recall(planted, capsys):
     root, items = planted
     code = cli_main([
         "dedup", str(root), "--exact", "--near", "--hamming", "8", "--semantic", "--eps", "0.05", "--clusters", "4",
-        "--model", PIXEL_MODEL_ID, "--processes", "1",
+        "--model", PIXEL_MODEL_ID, "--executor", "inline",
     ])
     assert code == 0
     printed = capsys.readouterr().out
@@ -105,19 +106,19 @@ def test_each_tier_meets_precision_and_recall(planted, capsys):
 
 def test_hashes_are_cached_per_shard(planted):
     root, _ = planted
-    dedup(root, exact=True, near=True, processes=1)
+    dedup(root, exact=True, near=True, executor="inline")
     shard = layout.complete_shards(root)[0]
     before = cache_path(root, shard).stat().st_mtime_ns
-    dedup(root, exact=True, near=True, processes=1)
+    dedup(root, exact=True, near=True, executor="inline")
     assert cache_path(root, shard).stat().st_mtime_ns == before
     cache_path(root, shard).unlink()
-    dedup(root, exact=True, processes=1)
+    dedup(root, exact=True, executor="inline")
     assert cache_path(root, shard).exists()
 
 
 def test_shards_are_hashed_as_ray_tasks_with_the_same_result(planted, ray_local):
     root, _ = planted
-    in_process = dataset_hashes(root, processes=1)
+    in_process = dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
     for shard in layout.complete_shards(root):
         cache_path(root, shard).unlink()
     assert dataset_hashes(root).equals(in_process)

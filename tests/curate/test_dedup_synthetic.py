@@ -17,7 +17,7 @@ import mmdata
 from mmdata import layout
 from mmdata.curate.hashes import NearHashes, hash_rows
 from mmdata.curate.thumbnails import content_box, verified
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 from mmdata.download.image import ImageOptions, process_image
 from mmdata.synthetic import Scene, SyntheticConfig, draw_scene, encode, generate_corpus, near_duplicate
 
@@ -74,7 +74,7 @@ def near_quality(table, truth_of_key):
 
 def test_near_tier_is_precise_on_the_demo_corpus_at_default_settings(demo_dataset):
     root, truth_of_key = demo_dataset
-    quality = near_quality(mmdata.dedup(root, exact=True, near=True, processes=1).table, truth_of_key)
+    quality = near_quality(mmdata.dedup(root, exact=True, near=True, executor="inline").table, truth_of_key)
     assert quality["planted"] == 36 and quality["flagged"] >= 0.9 * quality["planted"], quality
     assert quality["precision"] >= 0.95, quality
     assert quality["recall"] >= 0.9, quality
@@ -84,7 +84,7 @@ def test_the_hash_alone_is_not_precise_here(demo_dataset):
     # the failure the content verification exists for: without it, background-dominated hashes of
     # plainly different pictures chain into false groups
     root, truth_of_key = demo_dataset
-    quality = near_quality(mmdata.dedup(root, exact=True, near=True, thumbnail_tolerance=None, processes=1).table, truth_of_key)
+    quality = near_quality(mmdata.dedup(root, exact=True, near=True, thumbnail_tolerance=None, executor="inline").table, truth_of_key)
     assert quality["precision"] < 0.9, quality
 
 

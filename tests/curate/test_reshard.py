@@ -37,7 +37,7 @@ def members_by_key(root):
 def test_reshard_writes_exactly_the_view(source, tmp_path, capsys):
     root, view = source
     output = tmp_path / "out"
-    assert cli_main(["reshard", str(root), "--view", "best", "--output", str(output), "--shard-size", "7", "--processes", "1"]) == 0
+    assert cli_main(["reshard", str(root), "--view", "best", "--output", str(output), "--shard-size", "7", "--executor", "inline"]) == 0
     manifest = json.loads(layout.manifest_path(output).read_text())
     selected = view.column("key").to_pylist()
     assert manifest["samples"] == len(selected) == manifest["stats"]["successes"]
@@ -72,7 +72,7 @@ def test_reshard_writes_exactly_the_view(source, tmp_path, capsys):
 def test_interrupted_reshard_resumes_without_duplicates(source, tmp_path, ray_local):
     root, view = source
     output = tmp_path / "out"
-    reshard(root, view="best", output=output, shard_size=5, processes=1)
+    reshard(root, view="best", output=output, shard_size=5, executor="inline")
     shards = layout.complete_shards(output)
     untouched = layout.tar_path(output, shards[0]).stat().st_mtime_ns
     # an interruption: the last shards lost their commit markers, a temporary was left behind
@@ -91,10 +91,10 @@ def test_interrupted_reshard_resumes_without_duplicates(source, tmp_path, ray_lo
 def test_reshard_refuses_to_mix_plans(source, tmp_path):
     root, _ = source
     output = tmp_path / "out"
-    reshard(root, view="best", output=output, shard_size=50, processes=1)
+    reshard(root, view="best", output=output, shard_size=50, executor="inline")
     with pytest.raises(ValueError, match="another plan"):
-        reshard(root, view="best", output=output, shard_size=8, processes=1)
+        reshard(root, view="best", output=output, shard_size=8, executor="inline")
     with pytest.raises(ValueError, match="new folder"):
-        reshard(root, view="best", output=root, processes=1)
+        reshard(root, view="best", output=root, executor="inline")
     with pytest.raises(FileNotFoundError, match="no view"):
-        reshard(root, view="missing", output=tmp_path / "other", processes=1)
+        reshard(root, view="missing", output=tmp_path / "other", executor="inline")

@@ -8,6 +8,7 @@ import pytest
 
 from mmdata.curate.components import connected_components
 from mmdata.curate.semantic import SemanticConfig, balanced_batches, cluster_members, semantic_edges
+from mmdata.execution import ExecutionConfig, open_executor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from dedup import brute_force_pairs, clustered_embeddings  # noqa: E402  (the benchmark's generator)
@@ -48,11 +49,13 @@ def test_larger_eps_removes_more(embeddings):
         SemanticConfig(eps=2.5)
 
 
-def test_ray_tasks_give_the_in_process_answer(embeddings, ray_local):
+@pytest.mark.parametrize("executor", ["ray", "processes"])
+def test_tasks_on_an_executor_give_the_in_process_answer(embeddings, ray_local, executor):
     vectors, _ = embeddings
     config = SemanticConfig(eps=0.05, clusters=12, block_rows=256)
     local = connected_components(len(vectors), *semantic_edges(vectors, config))
-    remote = connected_components(len(vectors), *semantic_edges(vectors, config, use_ray=True, tasks=4))
+    with open_executor(ExecutionConfig(executor=executor, workers=2)) as opened:
+        remote = connected_components(len(vectors), *semantic_edges(vectors, config, executor=opened, tasks=4))
     assert np.array_equal(local, remote)
 
 

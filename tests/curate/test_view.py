@@ -103,7 +103,7 @@ def test_drop_duplicates_and_exclude_contaminated(dataset, tmp_path):
     root, items = dataset
     with pytest.raises(ValueError, match="mmdata dedup"):
         filter_view(root, view="unique", drop_duplicates=True)
-    marked = dedup(root, exact=True, near=True, processes=1).table
+    marked = dedup(root, exact=True, near=True, executor="inline").table
     view = filter_view(root, view="unique", drop_duplicates=True)
     kept = set(view.column("key").to_pylist())
     assert kept == set(marked.filter(pc.is_null(marked.column("duplicate_of"))).column("key").to_pylist())
@@ -118,7 +118,7 @@ def test_drop_duplicates_and_exclude_contaminated(dataset, tmp_path):
     for key in originals:
         (evaluation / f"{key}.jpg").write_bytes(items[key].image)
     (evaluation / "unrelated.png").write_bytes(encode(render(random_scene(np.random.default_rng(99))), "png"))
-    decontaminate(root, against=evaluation, embedding=False, processes=1)
+    decontaminate(root, against=evaluation, embedding=False, executor="inline")
     clean = filter_view(root, view="clean", drop_duplicates=True, exclude_contaminated=True)
     assert set(clean.column("key").to_pylist()) == kept - set(originals)
     assert view_funnel(clean)["steps"][-1] == {"rule": "exclude_contaminated", "dropped": 2}

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mmdata.cli import main as cli_main
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 from mmdata.layout import sample_key, sample_uid
 from mmdata.pipeline import PipelineError, load_pipeline, parse_overrides, run_pipeline
 
@@ -89,6 +89,7 @@ def test_shipped_pipelines_name_real_options(name):
     import mmdata
     from mmdata import demo
     from mmdata.download.config import DownloadConfig
+    from mmdata.execution import ExecutionConfig
     from mmdata.report.html import write_report
     from mmdata.score.config import ScoreConfig
 
@@ -99,6 +100,7 @@ def test_shipped_pipelines_name_real_options(name):
     assert stages
     for entry in stages:
         options = dict(entry["with"])
+        ExecutionConfig.from_options(options)  # every stage that runs tasks takes executor/workers/ray_address
         if entry["stage"] == "download":
             DownloadConfig.from_options(**options)
         elif entry["stage"] == "score":

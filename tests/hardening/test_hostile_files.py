@@ -25,6 +25,7 @@ from hostile_files import (
     write_shard,
 )
 from mmdata import layout
+from mmdata.execution import ExecutionConfig
 from mmdata.curate.hashes import dataset_hashes
 from mmdata.shards import ShardFormatError, iter_samples
 from mmdata.stream.reader import StreamError
@@ -94,7 +95,7 @@ def test_dedup_hashing_refuses_a_hostile_shard_by_name(hostile, tmp_path):
     root, outside, keys = hostile
     before = snapshot(tmp_path)
     with pytest.raises(RuntimeError, match=r"hashing shard .*00001\.tar"):
-        dataset_hashes(root, processes=1)
+        dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
     assert not outside.exists()
     assert {path for path in snapshot(tmp_path) - before if "annotations" not in path} == set()
 
@@ -107,7 +108,7 @@ def test_dedup_hashing_drops_pickle_members_without_unpickling(tmp_path):
         if shard != pickle_shard:
             for path in (layout.stats_path(root, shard), layout.tar_path(root, shard), layout.parquet_path(root, shard)):
                 path.unlink()
-    hashes = dataset_hashes(root, processes=1)
+    hashes = dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
     assert hashes.num_rows == 3 + 3 and not outside.exists()
 
 
@@ -146,7 +147,7 @@ def test_gzip_bomb_posing_as_a_tar_is_refused_without_inflating(tmp_path):
             assert list(dataset) == []
         assert dataset.skipped == 2
         with pytest.raises(RuntimeError, match="00000.tar"):
-            dataset_hashes(root, processes=1)
+            dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

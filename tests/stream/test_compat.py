@@ -64,7 +64,7 @@ def resharded(root, keys, tmp_path):
     view = mmdata.stream(root, view=view).catalog.table.select(["key", "shard", "tar_offset", "tar_size"])
     write_parquet(view, layout.views_dir(root) / "half.parquet", VIEW_SCHEMA)
     output = tmp_path / "resharded"
-    reshard(root, view="half", output=output, shard_size=4, processes=1)
+    reshard(root, view="half", output=output, shard_size=4, executor="inline")
     return output, chosen
 
 
