@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, WORK, nginx_serving, side_venv, timed_run  # noqa: E402
 
 from mmdata.download.image import ImageOptions, process_image  # noqa: E402
-from mmdata.download.summary import load_shard_stats, total_stats  # noqa: E402
+from mmdata.stats import load_shard_stats, total_stats  # noqa: E402
 
 IMAGES = CACHE / "bench-download" / "images-v2"
 IMG2DATASET = ["img2dataset==1.47.0"]

@@ -134,7 +134,7 @@ def _write_shard(root: str, shard: int, count: int, shard_size: int) -> None:
     from PIL import Image
 
     from mmdata import layout
-    from mmdata.dataset import ShardOutput
+    from mmdata.shard_output import ShardOutput
 
     rng = np.random.default_rng(shard)
     with ShardOutput(root, shard) as output:

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 from mmdata.schemas.views import VIEW_SCHEMA
 
 

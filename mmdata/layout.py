@@ -7,11 +7,18 @@ The layout is img2dataset's flat one, so existing tools read it::
 A shard is complete when its ``_stats.json`` exists: the stats file is renamed into place last.
 Later stages add folders beside the shards: ``scores/<model>/``, ``views/``, ``annotations/``,
 ``index/``.
+
+Scores: ``DIR/scores/<model_id>/<shard>.parquet`` (present = complete), ``DIR/scores/<model_id>/model.json``
+(the provenance dict, plus keep_embeddings, precision, device, scored_at and the last run's counts) and
+``DIR/scores/default.json`` (the model chosen with ``default=True``). Without a chosen default, the most
+recently scored model is it. Readers (``read_table``, search) find scores here without importing the
+scoring stage; :mod:`mmdata.score.store` writes them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -20,6 +27,9 @@ from pathlib import Path
 SHARD_DIGITS = 5
 _SHARD_STATS = re.compile(r"^(\d{5,})_stats\.json$")
 TEMP_SUFFIX = ".tmp"
+MODEL_RECORD = "model.json"
+DEFAULT_MARKER = "default.json"
+SCORE_COLUMN_PREFIX = "clip_score__"  # read_table's column of each scored model: clip_score__<model_id>
 
 
 def shard_name(shard: int) -> str:
@@ -71,6 +81,51 @@ def annotations_dir(root: str | os.PathLike) -> Path:
 
 def scores_dir(root: str | os.PathLike) -> Path:
     return Path(root) / "scores"
+
+
+def model_dir(root: str | os.PathLike, model_id: str) -> Path:
+    return scores_dir(root) / model_id
+
+
+def score_path(root: str | os.PathLike, model_id: str, shard: str) -> Path:
+    return model_dir(root, model_id) / f"{shard}.parquet"
+
+
+def model_record_path(root: str | os.PathLike, model_id: str) -> Path:
+    return model_dir(root, model_id) / MODEL_RECORD
+
+
+def default_marker_path(root: str | os.PathLike) -> Path:
+    return scores_dir(root) / DEFAULT_MARKER
+
+
+def read_model_record(root: str | os.PathLike, model_id: str) -> dict | None:
+    path = model_record_path(root, model_id)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def scored_models(root: str | os.PathLike) -> list[str]:
+    """Ids of the models with a record, most recently scored first."""
+    folder = scores_dir(root)
+    if not folder.is_dir():
+        return []
+    records = {}
+    for path in folder.iterdir():
+        record = read_model_record(root, path.name) if path.is_dir() else None
+        if record is not None:
+            records[path.name] = record
+    return sorted(records, key=lambda model_id: (records[model_id].get("scored_at", ""), model_id), reverse=True)
+
+
+def default_model(root: str | os.PathLike) -> str | None:
+    """The model chosen as default if it is still scored, else the most recently scored one."""
+    models = scored_models(root)
+    marker = default_marker_path(root)
+    if marker.is_file():
+        chosen = json.loads(marker.read_text()).get("model_id")
+        if chosen in models:
+            return chosen
+    return models[0] if models else None
 
 
 def complete_shards(root: str | os.PathLike) -> list[str]:

@@ -1,5 +1,6 @@
 """WebDataset tar shards: an atomic writer that records each sample's byte range, and a reader that
-refuses hostile members instead of trusting them."""
+refuses hostile members instead of trusting them. :func:`check_member` is the one statement of what a
+safe reader accepts; every reader of tar bytes (here, the loader's fast path, the member index) calls it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mmdata.atomic import temp_path_for
 # Members that would be unpickled (or executed) by naive loaders; never handed to callers.
 UNSAFE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "mp"})
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+TAR_END = b"\0" * 2 * tarfile.BLOCKSIZE  # closes a byte range cut out of a tar, so it parses as one
 
 
 class ShardFormatError(ValueError):
@@ -42,7 +44,6 @@ class ShardWriter:
         self._temp = temp_path_for(self.path)
         self._file = open(self._temp, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.sample_count = 0
 
     def add(self, key: str, members: dict[str, bytes]) -> SampleSpan:
         start = self._file.tell()
@@ -52,7 +53,6 @@ class ShardWriter:
             info.mode = 0o444
             info.mtime = 0
             self._tar.addfile(info, io.BytesIO(payload))
-        self.sample_count += 1
         return SampleSpan(start, self._file.tell() - start)
 
     def commit(self) -> Path:
@@ -73,15 +73,6 @@ class ShardWriter:
         finally:
             self._temp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
 
 def split_member_name(name: str) -> tuple[str, str]:
     """``"dir/000012.jpg"`` → ``("dir/000012", "jpg")``: the key ends at the basename's first dot."""
@@ -92,6 +83,26 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), extension
 
 
+def check_member(
+    name: str, size: int, *, regular: bool = True, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> tuple[str, str]:
+    """``(key, extension)`` of a member a safe reader may read, else :class:`ShardFormatError`: links
+    and devices (``regular=False``), absolute, ``..`` or backslash names, members over ``max_member_bytes``
+    and names without a ``key.extension`` form are refused."""
+    if not regular:
+        raise ShardFormatError(f"member {name!r} is not a regular file (link or device)")
+    if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+        raise ShardFormatError(f"member {name!r} escapes the archive")
+    if size > max_member_bytes:
+        raise ShardFormatError(f"member {name!r} declares {size} bytes, over the {max_member_bytes} limit")
+    return split_member_name(name)
+
+
+def is_pickle_like(extension: str) -> bool:
+    """Whether a member (``"pth"``, ``"x.pickle"``) is one that naive loaders would unpickle."""
+    return extension.rsplit(".", 1)[-1].lower() in UNSAFE_EXTENSIONS
+
+
 def iter_samples(
     source: str | os.PathLike | BinaryIO,
     *,
@@ -100,17 +111,16 @@ def iter_samples(
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {extension: bytes})`` per sample, in tar order.
 
-    Links, devices, absolute or ``..`` names and members over ``max_member_bytes`` raise
-    :class:`ShardFormatError`; pickle-like members are dropped (``skip_unsafe``) or refused.
+    A member :func:`check_member` refuses raises :class:`ShardFormatError`; pickle-like members are
+    dropped (``skip_unsafe``) or refused.
     """
     with _open_tar(source) as archive:
         current_key, members = None, {}
         for info in archive:
             if info.isdir():
                 continue
-            _check_member(info, max_member_bytes)
-            key, extension = split_member_name(info.name)
-            if extension.rsplit(".", 1)[-1].lower() in UNSAFE_EXTENSIONS:
+            key, extension = check_member(info.name, info.size, regular=info.isreg(), max_member_bytes=max_member_bytes)
+            if is_pickle_like(extension):
                 if skip_unsafe:
                     continue
                 raise ShardFormatError(f"member {info.name!r} is a pickle-like format and is refused")
@@ -130,20 +140,15 @@ def read_sample(source: BinaryIO, span: SampleSpan, **limits) -> tuple[str, dict
     blob = source.read(span.size)
     if len(blob) != span.size:
         raise ShardFormatError(f"short read at offset {span.offset}: {len(blob)} of {span.size} bytes")
-    samples = list(iter_samples(io.BytesIO(blob + b"\0" * 1024), **limits))
+    samples = samples_in_range(blob, **limits)
     if len(samples) != 1:
         raise ShardFormatError(f"byte range at offset {span.offset} holds {len(samples)} samples, not 1")
     return samples[0]
 
 
-def _check_member(info: tarfile.TarInfo, max_member_bytes: int) -> None:
-    name = info.name
-    if not info.isreg():
-        raise ShardFormatError(f"member {name!r} is not a regular file (link or device)")
-    if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-        raise ShardFormatError(f"member {name!r} escapes the archive")
-    if info.size > max_member_bytes:
-        raise ShardFormatError(f"member {name!r} declares {info.size} bytes, over the {max_member_bytes} limit")
+def samples_in_range(blob: bytes, **limits) -> list[tuple[str, dict[str, bytes]]]:
+    """The samples of a byte range cut out of a tar (whole members, from a member index)."""
+    return list(iter_samples(io.BytesIO(blob + TAR_END), **limits))
 
 
 def _open_tar(source: str | os.PathLike | BinaryIO) -> tarfile.TarFile:

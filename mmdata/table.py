@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmdata import layout
+from mmdata.atomic import write_parquet
 from mmdata.schemas import align_table
 from mmdata.schemas.samples import SAMPLE_SCHEMA
-from mmdata.score import store
 
 EMBEDDING_KINDS = ("image", "text")
 
@@ -37,12 +37,13 @@ def read_table(root: str | os.PathLike, columns: Sequence[str] | None = None) ->
     wanted = list(columns) if columns is not None else None
     metadata = _read_metadata(root, shards, wanted)
     keys = metadata.column("key")
-    models = store.scored_models(root)
-    default = store.default_model(root)
-    score_columns = {f"{store.SCORE_COLUMN_PREFIX}{model_id}": model_id for model_id in models}
+    models = layout.scored_models(root)
+    default = layout.default_model(root)
+    score_columns = {f"{layout.SCORE_COLUMN_PREFIX}{model_id}": model_id for model_id in models}
     if default is not None:
         score_columns = {"clip_score": default, **score_columns}
-    annotation_files = sorted(layout.annotations_dir(root).glob("*.parquet")) if layout.annotations_dir(root).is_dir() else []
+    annotations = layout.annotations_dir(root)
+    annotation_files = sorted(annotations.glob("*.parquet")) if annotations.is_dir() else []
     annotation_columns = {}
     for path in annotation_files:
         for name in pq.read_schema(path).names:
@@ -68,7 +69,8 @@ def read_table(root: str | os.PathLike, columns: Sequence[str] | None = None) ->
         if names:
             annotation = pq.read_table(path, columns=["key", *names])
             for name in names:
-                table = table.append_column(annotation.schema.field(name).with_nullable(True), _lookup(keys, annotation, name))
+                field = annotation.schema.field(name).with_nullable(True)
+                table = table.append_column(field, _lookup(keys, annotation, name))
     return table.select(wanted) if wanted is not None else table
 
 
@@ -82,18 +84,22 @@ def read_embeddings(
     if kind not in EMBEDDING_KINDS:
         raise ValueError(f"kind must be one of {EMBEDDING_KINDS}, not {kind!r}")
     root = Path(root)
-    model_id = model or store.default_model(root)
-    if model_id is None or store.read_model_record(root, model_id) is None:
-        known = store.scored_models(root)
-        raise ValueError(f"{root} has no scores of model {model_id!r} (scored: {known or 'none'}); run mmdata score first")
-    record = store.read_model_record(root, model_id)
+    model_id = model or layout.default_model(root)
+    if model_id is None or layout.read_model_record(root, model_id) is None:
+        known = layout.scored_models(root)
+        raise ValueError(
+            f"{root} has no scores of model {model_id!r} (scored: {known or 'none'}); run mmdata score first"
+        )
+    record = layout.read_model_record(root, model_id)
     if not record.get("keep_embeddings", True):
-        raise ValueError(f"{model_id} was scored with --no-embeddings; re-score into a copy without it to get embeddings")
+        raise ValueError(
+            f"{model_id} was scored with --no-embeddings; re-score into a copy without it to get embeddings"
+        )
     column = f"{kind}_embedding"
     tables = [
         pq.read_table(path, columns=["key", column])
         for shard in layout.complete_shards(root)
-        if (path := store.score_path(root, model_id, shard)).is_file()
+        if (path := layout.score_path(root, model_id, shard)).is_file()
     ]
     if not tables:
         return [], np.zeros((0, int(record.get("embed_dim", 0))), np.float32)
@@ -109,7 +115,8 @@ def _read_metadata(root: Path, shards: list[str], wanted: list[str] | None) -> p
     """Every complete shard's parquet, aligned to SAMPLE_SCHEMA (extra input columns kept) + ``shard``."""
     schema = SAMPLE_SCHEMA
     if wanted is not None:
-        schema = pa.schema([field for field in SAMPLE_SCHEMA if field.name == "key" or field.name in wanted], metadata=SAMPLE_SCHEMA.metadata)
+        kept = [field for field in SAMPLE_SCHEMA if field.name == "key" or field.name in wanted]
+        schema = pa.schema(kept, metadata=SAMPLE_SCHEMA.metadata)
     tables = []
     for shard in shards:
         path = layout.parquet_path(root, shard)
@@ -121,7 +128,8 @@ def _read_metadata(root: Path, shards: list[str], wanted: list[str] | None) -> p
             read_columns = [name for name in names if name in needed]
         table = pq.read_table(path, columns=read_columns)
         if "uid" in schema.names and "uid" not in table.column_names:  # img2dataset writes no uid
-            uids = [layout.sample_uid(url, caption) for url, caption in zip(_column(table, "url"), _column(table, "caption"))]
+            pairs = zip(_column(table, "url"), _column(table, "caption"))
+            uids = [layout.sample_uid(url, caption) for url, caption in pairs]
             table = table.append_column("uid", pa.array(uids, pa.string()))
         table = align_table(table, schema, keep_extra=True)
         if wanted is not None:
@@ -142,7 +150,7 @@ def _read_scores(root: Path, model_id: str, shards: list[str]) -> pa.Table:
     tables = [
         pq.read_table(path, columns=["key", "clip_score"])
         for shard in shards
-        if (path := store.score_path(root, model_id, shard)).is_file()
+        if (path := layout.score_path(root, model_id, shard)).is_file()
     ]
     if not tables:
         return pa.table({"key": pa.array([], pa.string()), "clip_score": pa.array([], pa.float32())})
@@ -158,8 +166,6 @@ def _lookup(keys: pa.ChunkedArray, table: pa.Table, column: str) -> pa.ChunkedAr
 
 def write_table(root: str | os.PathLike, output: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """:func:`read_table` written atomically to one parquet file (``mmdata table``)."""
-    from mmdata.atomic import write_parquet
-
     table = read_table(root, columns)
     write_parquet(table, output, table.schema)
     return table

@@ -5,6 +5,7 @@ original_width, original_height, sha256) so tools written for its output keep wo
 """
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import pyarrow as pa
 
@@ -34,9 +35,19 @@ class Outcome:
         if self.status != SUCCESS and not self.error_message:
             raise ValueError(f"a {self.status} outcome needs an error_message")
 
+    @classmethod
+    def of_row(cls, row: Mapping) -> "Outcome":
+        """The outcome a metadata row records."""
+        return cls(row["status"], row.get("error_class"), row.get("error_message"))
+
     @property
     def ok(self) -> bool:
         return self.status == SUCCESS
+
+    @property
+    def failure_class(self) -> str | None:
+        """What a failure counts under in progress and stats: its error class, else its status."""
+        return None if self.ok else self.error_class or self.status
 
     def fields(self) -> dict:
         """The metadata columns this outcome fills."""
@@ -68,4 +79,14 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("tar_size", pa.int64()),
     ],
     metadata={"mmdata.schema": "samples/1"},
+)
+
+# The groups of SAMPLE_SCHEMA's fields, by who sets them. A (re)download sets every OUTCOME_FIELDS
+# column and clears those it does not fill, so a retried row keeps nothing of its last attempt.
+IDENTITY_FIELDS = ("key", "uid")
+INPUT_FIELDS = ("url", "caption")
+# Where a sample sits in its tar; recomputed whenever a shard is (re)written.
+SPAN_FIELDS = ("tar_offset", "tar_size")
+OUTCOME_FIELDS = tuple(
+    name for name in SAMPLE_SCHEMA.names if name not in (*IDENTITY_FIELDS, *INPUT_FIELDS, *SPAN_FIELDS)
 )

@@ -9,7 +9,7 @@ import mmdata
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.cli import main as cli_main
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 from mmdata.schemas.annotations import CONTAMINATION_SCHEMA, DEDUP_SCHEMA
 from mmdata.schemas.scores import score_schema
 from mmdata.score import store
@@ -42,7 +42,7 @@ def _scores(root, model_id: str, scored: dict[str, float], *, dim: int | None = 
             vectors = [list(np.eye(dim, dtype=np.float16)[index % dim]) for index in range(len(keys))]
             columns["image_embedding"] = columns["text_embedding"] = vectors
         schema = score_schema(dim, {"model_id": model_id})
-        write_parquet(pa.table(columns), store.score_path(root, model_id, shard), schema)
+        write_parquet(pa.table(columns), layout.score_path(root, model_id, shard), schema)
     store.write_model_record(root, model_id, {"model_id": model_id, "embed_dim": dim, "keep_embeddings": dim is not None,
                                               "scored_at": scored_at})
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import threading
 
 from mmdata import __version__
 
@@ -41,20 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmdata.execution.signals import Interrupted, interrupts_raise
+    from mmdata.execution import signals
 
     arguments = build_parser().parse_args(argv)
     try:
-        with interrupts_raise():
+        with signals.interrupts_raise():
             return arguments.handler(arguments) or 0
-    except Interrupted as interrupt:
-        from mmdata.execution.progress import interrupted_line
+    except BaseException as error:
+        if signals.received() is None:
+            if isinstance(error, (ValueError, FileNotFoundError)):
+                print(f"mmdata {arguments.command}: error: {error}", file=sys.stderr)
+                return 2
+            raise
+        return _exit_interrupted(arguments.command, signals.received())
 
-        print(f"mmdata {arguments.command}: {interrupted_line()}", file=sys.stderr, flush=True)
-        return interrupt.exit_code
-    except (ValueError, FileNotFoundError) as error:
-        print(f"mmdata {arguments.command}: error: {error}", file=sys.stderr)
-        return 2
+
+def _exit_interrupted(command: str, signum: int) -> int:
+    """One line, then the exit code. What the executor started is stopped already; threads still
+    blocked on the network (the inline executor's fetches) must not hold the exit up, so when such
+    threads are left the process ends at once."""
+    from mmdata.execution.progress import interrupted_line
+
+    print(f"\nmmdata {command}: {interrupted_line()}", file=sys.stderr, flush=True)
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.stdout.flush()
+        os._exit(128 + signum)
+    return 128 + signum
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from mmdata.cli._defaults import defaults_from
+from mmdata.cli._flags import add_execution_flags, execution_options, given
+from mmdata.score.model import DEVICES
+
+_OPTIONS = ("hamming", "colour_tolerance", "eps", "embedding", "model", "pretrained", "device")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -11,35 +17,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mark samples that match evaluation images (DIR/annotations/contamination.parquet)",
         description="Mark samples that are exact, near (perceptual hash) or embedding-level matches of any image of "
         "EVAL, a folder of images or another mmdata dataset.",
+        formatter_class=defaults_from("mmdata.curate.decontaminate:DecontaminateConfig"),
     )
     parser.add_argument("dataset", help="dataset folder")
     parser.add_argument("--against", required=True, help="folder of evaluation images, or an mmdata dataset")
-    parser.add_argument("--hamming", type=int, default=8, help="near tier: largest Hamming distance of 64 bits (default 8)")
-    parser.add_argument("--eps", type=float, default=0.05, help="embedding tier: cosine DISTANCE; larger flags more (default 0.05)")
+    parser.add_argument("--hamming", type=int,
+                        help="near tier: largest Hamming distance of 64 bits (default %(library_default)s)")
+    parser.add_argument("--colour-tolerance", type=float,
+                        help="near tier: largest difference of the RGB channel means/standard deviations, 0-255 "
+                        "(default %(library_default)s)")
+    parser.add_argument("--eps", type=float,
+                        help="embedding tier: cosine DISTANCE; larger flags more (default %(library_default)s)")
     embedding = parser.add_mutually_exclusive_group()
-    embedding.add_argument("--embedding", dest="embedding", action="store_true", default=None, help="require the embedding tier")
+    embedding.add_argument("--embedding", dest="embedding", action="store_true", default=None,
+                           help="require the embedding tier (default: run it when DIR has image embeddings)")
     embedding.add_argument("--no-embedding", dest="embedding", action="store_false", help="skip the embedding tier")
     parser.add_argument("--model", help="score run (model id under DIR/scores/) whose embeddings to compare")
     parser.add_argument("--pretrained", help="the score run's checkpoint, if its recorded path is gone")
-    parser.add_argument("--device", default="cpu", help="cpu|cuda|auto for encoding evaluation images")
-    parser.add_argument("--processes", type=int, help="parallel workers for hashing (1: no Ray)")
+    parser.add_argument("--device", choices=DEVICES,
+                        help="where to encode the evaluation images (default %(library_default)s)")
+    add_execution_flags(parser)
     parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.decontaminate import decontaminate
 
-    result = decontaminate(
-        arguments.dataset,
-        against=arguments.against,
-        model=arguments.model,
-        hamming=arguments.hamming,
-        eps=arguments.eps,
-        embedding=arguments.embedding,
-        pretrained=arguments.pretrained,
-        device=arguments.device,
-        processes=arguments.processes,
-    )
+    result = decontaminate(arguments.dataset, against=arguments.against, **given(arguments, _OPTIONS),
+                           **execution_options(arguments))
     for name, value in result.counts.items():
         print(f"{name:<24}{value:>12,}")
     print(f"written to {result.path}")

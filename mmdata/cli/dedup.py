@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from mmdata.cli._defaults import defaults_from
+from mmdata.cli._flags import add_execution_flags, execution_options, given
+
+TIERS = ("exact", "near", "semantic")
+_OPTIONS = ("hamming", "colour_tolerance", "thumbnail_tolerance", "eps", "clusters", "model")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -11,50 +17,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mark exact, near and semantic duplicates (DIR/annotations/dedup.parquet)",
         description="Mark duplicates: each group keeps the sample with the highest clip_score; the others get "
         "duplicate_of (the kept sample), dup_reason and dup_similarity. With no tier flag, only --exact runs.",
+        formatter_class=defaults_from("mmdata.curate.dedup:DedupConfig"),
     )
     parser.add_argument("dataset", help="dataset folder")
-    parser.add_argument("--exact", action="store_true", help="identical image bytes or decoded pixels")
-    parser.add_argument("--near", action="store_true", help="perceptual hash within --hamming bits (re-encodes, resizes, crops)")
-    parser.add_argument("--hamming", type=int, default=8, help="near tier: largest Hamming distance of 64 bits (default 8)")
+    parser.add_argument("--exact", action="store_true", default=None, help="identical image bytes or decoded pixels")
+    parser.add_argument("--near", action="store_true", default=None,
+                        help="perceptual hash within --hamming bits (re-encodes, resizes, crops)")
+    parser.add_argument("--hamming", type=int,
+                        help="near tier: largest Hamming distance of 64 bits (default %(library_default)s)")
     parser.add_argument(
-        "--colour-tolerance", type=float, default=24.0,
-        help="near tier: largest difference of the RGB channel means/standard deviations, 0-255 (default 24)",
+        "--colour-tolerance", type=float,
+        help="near tier: largest difference of the RGB channel means/standard deviations, 0-255 "
+        "(default %(library_default)s)",
     )
     parser.add_argument(
         "--thumbnail-tolerance", type=float,
-        help="near tier: largest colour difference (0-255) of the verifying 16x16 content thumbnails (default 64)",
+        help="near tier: largest colour difference (0-255) of the verifying 16x16 content thumbnails "
+        "(default %(library_default)s)",
     )
-    parser.add_argument("--semantic", action="store_true", help="SemDeDup on the CLIP image embeddings (needs `mmdata score`)")
+    parser.add_argument("--semantic", action="store_true", default=None,
+                        help="SemDeDup on the CLIP image embeddings (needs `mmdata score`)")
     parser.add_argument(
-        "--eps", type=float, default=0.05,
+        "--eps", type=float,
         help="semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates, so a larger "
-        "eps removes more (default 0.05)",
+        "eps removes more (default %(library_default)s)",
     )
-    parser.add_argument("--clusters", type=int, help="semantic tier: k-means clusters (default: one per ~1,000 samples)")
-    parser.add_argument("--model", help="score model id whose embeddings and clip_score to use (default: the default model)")
-    parser.add_argument("--processes", type=int, help="parallel workers (1: no Ray)")
+    parser.add_argument("--clusters", type=int,
+                        help="semantic tier: k-means clusters (default: one per ~1,000 samples)")
+    parser.add_argument("--model",
+                        help="score model id whose embeddings and clip_score to use (default: the default model)")
+    add_execution_flags(parser)
     parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.dedup import dedup
 
-    exact = arguments.exact or not (arguments.near or arguments.semantic)
-    result = dedup(
-        arguments.dataset,
-        exact=exact,
-        near=arguments.near,
-        hamming=arguments.hamming,
-        colour_tolerance=arguments.colour_tolerance,
-        semantic=arguments.semantic,
-        eps=arguments.eps,
-        clusters=arguments.clusters,
-        model=arguments.model,
-        processes=arguments.processes,
-        **({"thumbnail_tolerance": arguments.thumbnail_tolerance} if arguments.thumbnail_tolerance is not None else {}),
-    )
+    result = dedup(arguments.dataset, **_tier_options(arguments), **given(arguments, _OPTIONS),
+                   **execution_options(arguments))
     for name, value in result.counts.items():
-        label = f"duplicates ({name})" if name in ("exact", "near", "semantic") else name
+        label = f"duplicates ({name})" if name in TIERS else name
         print(f"{label:<24}{value:>12,}")
     print(f"written to {result.path}")
     return 0
+
+
+def _tier_options(arguments: argparse.Namespace) -> dict:
+    """The tiers the flags name, the others off; none named: the library's default tiers."""
+    named = given(arguments, TIERS)
+    return {tier: named.get(tier, False) for tier in TIERS} if named else {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmdata.cli._flags import given
+
 _VALUE_FLAGS = (
     ("--min-clip-score", "min_clip_score", float, "keep samples whose clip_score is at least this"),
     ("--top-fraction", "top_fraction", float, "keep the best F (0-1] of the scored samples (global quantile)"),
@@ -13,9 +15,10 @@ _VALUE_FLAGS = (
     ("--min-caption-words", "min_caption_words", int, "keep captions with at least this many words"),
     ("--max-caption-words", "max_caption_words", int, "keep captions with at most this many words"),
     ("--caption-regex", "caption_regex", str, "keep captions containing a match of this regular expression"),
-    ("--exclude-caption-regex", "exclude_caption_regex", str, "drop captions containing a match of this regular expression"),
-    ("--where", "where", str, "DuckDB SQL boolean expression over the `mmdata table` columns, e.g. \"width >= 256 AND url "
-     "LIKE '%%.org/%%'\" (double-quote names holding '-', such as \"clip_score__ViT-B-32__openai\")"),
+    ("--exclude-caption-regex", "exclude_caption_regex", str,
+     "drop captions containing a match of this regular expression"),
+    ("--where", "where", str, "DuckDB SQL boolean expression over the `mmdata table` columns, e.g. \"width >= 256 "
+     "AND url LIKE '%%.org/%%'\" (double-quote names holding '-', such as \"clip_score__ViT-B-32__openai\")"),
 )
 
 
@@ -30,22 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--view", required=True, help="name of the view to write")
     for flag, name, value_type, text in _VALUE_FLAGS:
         parser.add_argument(flag, dest=name, type=value_type, help=text)
-    parser.add_argument("--drop-duplicates", action="store_true", help="drop samples that `mmdata dedup` marked")
-    parser.add_argument("--exclude-contaminated", action="store_true", help="drop samples that `mmdata decontaminate` marked")
+    parser.add_argument("--drop-duplicates", action="store_true", default=None,
+                        help="drop samples that `mmdata dedup` marked")
+    parser.add_argument("--exclude-contaminated", action="store_true", default=None,
+                        help="drop samples that `mmdata decontaminate` marked")
     parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.view import filter_view, format_funnel, view_funnel, view_path
 
-    options = {name: getattr(arguments, name) for _, name, _, _ in _VALUE_FLAGS}
-    view = filter_view(
-        arguments.dataset,
-        view=arguments.view,
-        drop_duplicates=arguments.drop_duplicates,
-        exclude_contaminated=arguments.exclude_contaminated,
-        **options,
-    )
+    options = given(arguments, (*(name for _, name, _, _ in _VALUE_FLAGS), "drop_duplicates", "exclude_contaminated"))
+    view = filter_view(arguments.dataset, view=arguments.view, **options)
     print(format_funnel(view_funnel(view)))
     print(f"view written to {view_path(arguments.dataset, arguments.view)}")
     return 0

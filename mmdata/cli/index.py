@@ -4,32 +4,38 @@ from __future__ import annotations
 
 import argparse
 
+from mmdata.cli._defaults import defaults_from
+from mmdata.cli._flags import add_execution_flags, execution_options, given
+
+_OPTIONS = ("kind", "model", "max_index_memory", "force")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "index",
         help="build the vector index over stored CLIP embeddings",
         description="Build (or keep, when current) a faiss index of DIR's stored embeddings under DIR/index/. "
-        "Exact for small sets; HNSW or compressed IVF-PQ for large ones, chosen from the size and --max-index-memory.",
+        "Exact for small sets; HNSW or compressed IVF-PQ for large ones, chosen from the size and --max-index-memory. "
+        "Each shard's embeddings are read as one task.",
+        formatter_class=defaults_from("mmdata.search.ann:IndexConfig", "mmdata.search.index:build_index"),
     )
     parser.add_argument("dataset", metavar="DIR")
-    parser.add_argument("--kind", choices=("image", "text"), default="image", help="which embeddings to index (default image)")
-    parser.add_argument("--model", default=None, help="scored model id under DIR/scores/ (default: the default model)")
-    parser.add_argument("--max-index-memory", default=None, metavar="SIZE", help="RAM the index may take, e.g. 2GB (default 4GB)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the embeddings did not change")
+    parser.add_argument("--kind", choices=("image", "text"),
+                        help="which embeddings to index (default %(library_default)s)")
+    parser.add_argument("--model", help="scored model id under DIR/scores/ (default: the default model)")
+    parser.add_argument("--max-index-memory", metavar="SIZE",
+                        help="RAM the index may take, e.g. 2GB (default %(library_default)s bytes, or the committed "
+                        "index's)")
+    parser.add_argument("--force", action="store_true", default=None,
+                        help="rebuild even when the embeddings did not change")
+    add_execution_flags(parser)
     parser.set_defaults(handler=_run)
 
 
 def _run(arguments: argparse.Namespace) -> int:
     from mmdata.search.index import build_index
 
-    info = build_index(
-        arguments.dataset,
-        kind=arguments.kind,
-        model=arguments.model,
-        max_index_memory=arguments.max_index_memory,
-        force=arguments.force,
-    )
+    info = build_index(arguments.dataset, **given(arguments, _OPTIONS), **execution_options(arguments))
     report = info.report
     state = "built" if info.rebuilt else "up to date"
     recall = "" if report["tuned_recall"] is None else f", tuned recall@10 {report['tuned_recall']:.3f}"

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from mmdata.cli._defaults import defaults_from
+from mmdata.cli._flags import given
+
+_OPTIONS = ("text", "image", "key", "k", "view", "kind", "model", "pretrained")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -11,35 +16,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="find samples by text, image or key over the stored CLIP embeddings",
         description="Search DIR's stored embeddings with a query encoded by the same model that made them. "
         "Text and image queries search images (use --kind text to search captions); a key searches its neighbours.",
+        formatter_class=defaults_from("mmdata.search.query:search"),
     )
     parser.add_argument("dataset", metavar="DIR")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a caption-like query")
     query.add_argument("--image", metavar="FILE", help="an image file")
     query.add_argument("--key", help="a stored sample's key: its nearest neighbours")
-    parser.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
-    parser.add_argument("--view", default=None, metavar="NAME", help="only samples of DIR/views/NAME.parquet")
-    parser.add_argument("--kind", choices=("image", "text"), default=None, help="embeddings to search (default image)")
-    parser.add_argument("--model", default=None, help="scored model id, or the model the query must match (default: the default model)")
-    parser.add_argument("--pretrained", default=None, help="the stored checkpoint's file, if it moved")
-    parser.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained grid of the hits")
+    parser.add_argument("-k", type=int, help="number of hits (default %(library_default)s)")
+    parser.add_argument("--view", metavar="NAME", help="only samples of DIR/views/NAME.parquet")
+    parser.add_argument("--kind", choices=("image", "text"), help="embeddings to search (default image)")
+    parser.add_argument("--model",
+                        help="scored model id, or the model the query must match (default: the default model)")
+    parser.add_argument("--pretrained", help="the stored checkpoint's file, if it moved")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained grid of the hits")
     parser.set_defaults(handler=_run)
 
 
 def _run(arguments: argparse.Namespace) -> int:
     from mmdata.search.query import search
 
-    hits = search(
-        arguments.dataset,
-        text=arguments.text,
-        image=arguments.image,
-        key=arguments.key,
-        k=arguments.k,
-        view=arguments.view,
-        kind=arguments.kind,
-        model=arguments.model,
-        pretrained=arguments.pretrained,
-    )
+    hits = search(arguments.dataset, **given(arguments, _OPTIONS))
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:3d}  {hit.similarity:.4f}  {hit.key}  shard {hit.shard}  {hit.caption or ''}")
     if arguments.html:

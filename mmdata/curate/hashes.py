@@ -38,31 +38,16 @@ from PIL import Image, ImageStat
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.curate.thumbnails import THUMB_BYTES, content_features, verified
+from mmdata.execution import Execution, StageProgress, sized, using
+from mmdata.execution.progress import COUNT
+from mmdata.schemas.hashes import CROP_COUNT, HASH_SCHEMA, HASH_VERSION
+from mmdata.schemas.members import image_member
 from mmdata.shards import iter_samples
 
-HASH_VERSION = "5"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CROP_FRACTION = 0.95
-CROP_OFFSETS = (0.0, 0.025, 0.05)
-CROP_COUNT = len(CROP_OFFSETS) ** 2
+CROP_OFFSETS = (0.0, 0.025, 0.05)  # per axis: CROP_COUNT crops
 THUMB_SIZE = 128
 HASH_BITS = 64
-
-HASH_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("sha256", pa.string()),
-        pa.field("pixel_hash", pa.string()),
-        pa.field("phash", pa.uint64()),
-        pa.field("crop_hashes", pa.list_(pa.uint64(), CROP_COUNT)),
-        pa.field("colour_moments", pa.list_(pa.float32(), 6)),  # RGB means, then RGB standard deviations
-        pa.field("thumbnails", pa.binary(THUMB_BYTES)),  # the content at 16×16 then 17×17 RGB (uint8)
-        pa.field("texture", pa.float32()),
-        pa.field("aspect", pa.float32()),  # log(width / height) of the content
-        pa.field("hash_error", pa.string()),  # why the hashes are null (no image member, undecodable)
-    ],
-    metadata={"mmdata.schema": "hashes/1", "mmdata.hash_version": HASH_VERSION},
-)
 
 
 @dataclass(frozen=True)
@@ -156,13 +141,6 @@ def image_hashes(blob: bytes) -> ImageHashes:
     )
 
 
-def image_member(members: dict[str, bytes]) -> bytes | None:
-    for extension in IMAGE_EXTENSIONS:
-        if extension in members:
-            return members[extension]
-    return None
-
-
 def hash_rows(named_images: list[tuple[str, bytes | None]]) -> pa.Table:
     """HASH_SCHEMA rows for ``(key, image bytes or None)``; failures become rows with ``hash_error``."""
     rows = []
@@ -207,22 +185,18 @@ def _cached(root: str | os.PathLike, shard: str) -> bool:
     return metadata.get(b"mmdata.hash_version") == HASH_VERSION.encode()
 
 
-def dataset_hashes(root: str | os.PathLike, *, processes: int | None = None) -> pa.Table:
+def dataset_hashes(root: str | os.PathLike, *, execution: Execution = None) -> pa.Table:
     """Hashes of every stored sample of the complete shards, computing only the shards not cached.
 
-    Missing shards are hashed in parallel as Ray tasks (one per shard) when more than one is missing
-    and ``processes`` is not 1.
+    Missing shards are hashed as tasks on the executor, one per shard.
     """
     shards = layout.complete_shards(root)
     missing = [shard for shard in shards if not _cached(root, shard)]
-    if len(missing) > 1 and processes != 1:
-        from mmdata.execution import ray_session, run_tasks
-
-        with ray_session():
-            run_tasks(hash_shard, [(str(root), shard) for shard in missing], description="hashing shards", concurrency=processes, unit="shard")
-    else:
-        for shard in missing:
-            hash_shard(root, shard)
+    if missing:
+        progress = StageProgress("hashing", total=len(missing), unit="shard", tasks=len(shards),
+                                 tasks_done=len(shards) - len(missing), final_counts=lambda shard: (shard, {COUNT: 1}))
+        with using(sized(execution, len(missing))) as executor, progress:
+            executor.run_tasks(hash_shard, [(str(root), shard) for shard in missing], progress=progress)
     tables = [pq.read_table(cache_path(root, shard)) for shard in shards]
     return pa.concat_tables(tables).cast(HASH_SCHEMA) if tables else HASH_SCHEMA.empty_table()
 

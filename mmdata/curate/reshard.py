@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,28 +26,41 @@ import pyarrow.parquet as pq
 from mmdata import layout
 from mmdata.atomic import remove_temporaries, write_json, write_parquet
 from mmdata.curate.view import read_view
-from mmdata.dataset import ShardOutput
-from mmdata.download.summary import load_shard_stats, shard_stats, total_stats
+from mmdata.execution import Execution, StageProgress, sized, using
+from mmdata.execution.progress import COUNT
+from mmdata.options import stage_settings
+from mmdata.shard_output import ShardOutput
 from mmdata.shards import SampleSpan, read_sample
+from mmdata.stats import load_shard_stats, total_stats
 
 PLAN_FILE = "reshard.json"
 
 
-def reshard(
-    root: str | os.PathLike,
-    *,
-    view: str,
-    output: str | os.PathLike,
-    shard_size: int = 10_000,
-    processes: int | None = None,
-) -> dict:
-    """Write the samples of view ``view`` of dataset ``root`` as a new dataset at ``output``.
+@dataclass(frozen=True, kw_only=True)
+class ReshardConfig:
+    view: str
+    output: str
+    shard_size: int = 10_000
 
-    Returns the manifest. Runs output shards as Ray tasks when more than one is pending and
-    ``processes`` is not 1. Re-running after an interruption finishes the missing shards.
+    def __post_init__(self) -> None:
+        if not self.view:
+            raise ValueError("view is required: the name of a view under DIR/views/ (mmdata filter --view NAME)")
+        if not self.output:
+            raise ValueError("output is required: the new dataset's folder")
+        object.__setattr__(self, "output", os.fspath(self.output))
+        if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+
+def reshard(root: str | os.PathLike, config: ReshardConfig | None = None, *, execution: Execution = None,
+            **options) -> dict:
+    """Write the samples of view ``config.view`` of dataset ``root`` as a new dataset at ``config.output``.
+
+    Returns the manifest. Output shards run as tasks on ``execution`` (or the flat ``executor``/
+    ``workers``/``ray_address``). Re-running after an interruption finishes the missing shards.
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    config, execution = stage_settings(ReshardConfig, "reshard", config, execution, options)
+    view, output, shard_size = config.view, config.output, config.shard_size
     root, output = Path(root), Path(output)
     if output.resolve() == root.resolve():
         raise ValueError("output must be a new folder, not the source dataset")
@@ -68,14 +82,11 @@ def reshard(
         for shard in pending
     ]
     started = time.perf_counter()
-    if len(tasks) > 1 and processes != 1:
-        from mmdata.execution import ray_session, run_tasks
-
-        with ray_session():
-            run_tasks(write_shard, tasks, description="reshard", concurrency=processes, unit="shard")
-    else:
-        for task in tasks:
-            write_shard(*task)
+    if tasks:
+        progress = StageProgress("reshard", total=view_table.num_rows - len(complete) * shard_size, tasks=shard_count,
+                                 tasks_done=len(complete), final_counts=_final_counts)
+        with using(sized(execution, len(tasks))) as executor, progress:
+            executor.run_tasks(write_shard, tasks, progress=progress)
     _copy_model_files(root, output)
 
     names = [layout.shard_name(shard) for shard in range(shard_count)]
@@ -85,22 +96,24 @@ def reshard(
     return manifest
 
 
+def _final_counts(stats: dict) -> tuple[str, dict[str, int]]:
+    return stats["shard"], {COUNT: stats["count"]}
+
+
 def write_shard(root: str, output: str, shard: int, rows: pa.Table, shard_size: int) -> dict:
     """One output shard: read its samples from the source tars, re-key, write scores then the shard.
 
     Its stats JSON has the download's shape (``count``, ``successes``, ``status_dict``, ...), so
     ``mmdata stats`` and the report read a resharded dataset like a downloaded one.
     """
-    started, start_time = time.perf_counter(), time.time()
     new_keys = [layout.sample_key(shard, row, shard_size) for row in range(rows.num_rows)]
     old_keys = rows.column("key").to_pylist()
     source_shards = rows.column("shard").to_pylist()
     offsets, sizes = rows.column("tar_offset").to_pylist(), rows.column("tar_size").to_pylist()
-    metadata = _source_metadata(root, rows)
-    _write_scores(root, output, shard, rows, dict(zip(old_keys, new_keys)))
-
-    written = []
+    # Opened first, so the duration in the shard's stats covers reading the metadata and the scores too.
     with ShardOutput(output, shard) as out, contextlib.ExitStack() as stack:
+        metadata = _source_metadata(root, rows)
+        _write_scores(root, output, shard, rows, dict(zip(old_keys, new_keys)))
         handles: dict[str, BinaryIO] = {}
         for old_key, new_key, source_shard, offset, size in zip(old_keys, new_keys, source_shards, offsets, sizes):
             if source_shard not in handles:
@@ -110,16 +123,11 @@ def write_shard(root: str, output: str, shard: int, rows: pa.Table, shard_size: 
             except Exception as error:
                 raise RuntimeError(f"reading {old_key} from shard {source_shard} of {root}: {error}") from error
             if stored_key != old_key:
-                raise RuntimeError(f"view row {old_key} points at sample {stored_key} in shard {source_shard}: the view is stale, filter again")
+                raise RuntimeError(f"view row {old_key} points at sample {stored_key} in shard {source_shard}: "
+                                   "the view is stale, filter again")
             row = dict(metadata[old_key], key=new_key, source_key=old_key)
             out.add(row, _rekey_members(members, new_key, old_key))
-            written.append(row)
-        stats = shard_stats(
-            pa.Table.from_pylist(written), shard=shard, duration=time.perf_counter() - started, start_time=start_time,
-            extra={"source_shards": sorted(set(source_shards))},
-        )
-        out.commit(stats)
-    return stats
+        return out.commit({"source_shards": sorted(set(source_shards))})
 
 
 def _source_metadata(root: str, rows: pa.Table) -> dict[str, dict]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, features
 
+from mmdata.schemas.samples import FAILED_TO_DECODE, FILTERED, OK, Outcome
+
 # Our own max_image_pixels check runs first; Pillow's warning for the same thing is noise
 # (a filter rather than catch_warnings, which is not thread-safe before Python 3.14).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -80,13 +82,11 @@ class ImageOptions:
             raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageResult:
-    """The outcome for one body; ``status`` is a value of ``mmdata.schemas.samples.STATUSES``."""
+    """What became of one body: its outcome, and on success the encoded image and its sizes."""
 
-    status: str
-    error_class: str | None = None
-    error_message: str | None = None
+    outcome: Outcome
     data: bytes | None = None
     extension: str | None = None
     width: int | None = None
@@ -94,11 +94,24 @@ class ImageResult:
     original_width: int | None = None
     original_height: int | None = None
 
+    @property
+    def status(self) -> str:
+        return self.outcome.status
+
+    @property
+    def error_class(self) -> str | None:
+        return self.outcome.error_class
+
+    @property
+    def error_message(self) -> str | None:
+        return self.outcome.error_message
+
 
 @dataclass(frozen=True)
-class _Plan:
-    """Geometry in original-image coordinates: resize the ``box`` region to ``resized``, then
-    paste it at ``offset`` on an ``output``-sized white canvas (border) or use it as is."""
+class _OutputGeometry:
+    """Where the stored image comes from, in original-image coordinates: resize the ``box`` region
+    to ``resized``, then paste it at ``offset`` on an ``output``-sized white canvas (border) or use
+    it as is; ``draft_size`` is the least size a reduced JPEG decode must keep."""
 
     resized: tuple[int, int]
     box: tuple[float, float, float, float]
@@ -108,9 +121,11 @@ class _Plan:
 
 
 class _Refused(Exception):
+    """The one failure path inside this module: becomes the ImageResult in process_image."""
+
     def __init__(self, status: str, error_class: str, message: str):
         super().__init__(message)
-        self.status, self.error_class, self.message = status, error_class, message
+        self.outcome = Outcome(status, error_class, message)
 
 
 def process_image(body: bytes, options: ImageOptions) -> ImageResult:
@@ -121,21 +136,21 @@ def process_image(body: bytes, options: ImageOptions) -> ImageResult:
         image = _open(body)
         original = image.size
         _check_header(image, options)
-        plan = _plan(original, options)
-        if _can_keep_bytes(image, plan, options):
+        geometry = _output_geometry(original, options)
+        if _can_keep_bytes(image, geometry, options):
             _verify(image)
             return _success(body, options.encode_format, original, original)
-        return _success(_transform(image, plan, options), options.encode_format, plan.output, original)
+        return _success(_transform(image, geometry, options), options.encode_format, geometry.output, original)
     except _Refused as refused:
-        return _failure(refused.status, refused.error_class, refused.message, original)
+        return _failure(refused.outcome, original)
     except Image.DecompressionBombError as error:
-        return _failure("failed_to_decode", "pixel_bomb", str(error), original)
+        return _failure(Outcome(FAILED_TO_DECODE, "pixel_bomb", str(error)), original)
     except MemoryError:
-        return _failure("failed_to_decode", "out_of_memory", "decoding ran out of memory", original)
+        return _failure(Outcome(FAILED_TO_DECODE, "out_of_memory", "decoding ran out of memory"), original)
     except Exception as error:  # noqa: BLE001 - decoders raise many types; each is a row, not a crash
         message = f"{type(error).__name__}: {error}"
         error_class = "truncated" if "truncated" in message.lower() else "corrupt"
-        return _failure("failed_to_decode", error_class, message, original)
+        return _failure(Outcome(FAILED_TO_DECODE, error_class, message), original)
 
 
 def _open(body: bytes) -> Image.Image:
@@ -146,52 +161,53 @@ def _open(body: bytes) -> Image.Image:
         start = bytes(body[:64])
         for magic, name in _MAGIC:
             if start.startswith(magic) and (name != "WEBP" or start[8:12] == b"WEBP"):
-                raise _Refused("failed_to_decode", "corrupt", f"unreadable {name} header ({len(body)} bytes)") from None
+                raise _Refused(FAILED_TO_DECODE, "corrupt", f"unreadable {name} header ({len(body)} bytes)") from None
         start = start.lstrip().lower()
-        kind = "HTML" if start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) else "unrecognised data"
-        raise _Refused("failed_to_decode", "not_an_image", f"not an image ({kind}, {len(body)} bytes)") from None
+        looks_like_html = start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))
+        kind = "HTML" if looks_like_html else "unrecognised data"
+        raise _Refused(FAILED_TO_DECODE, "not_an_image", f"not an image ({kind}, {len(body)} bytes)") from None
 
 
 def _check_header(image: Image.Image, options: ImageOptions) -> None:
     width, height = image.size
     if width < 1 or height < 1:
-        raise _Refused("failed_to_decode", "corrupt", f"image header says {width}x{height}")
+        raise _Refused(FAILED_TO_DECODE, "corrupt", f"image header says {width}x{height}")
     if width * height > options.max_image_pixels:
         raise _Refused(
-            "failed_to_decode",
+            FAILED_TO_DECODE,
             "pixel_bomb",
             f"{width}x{height} = {width * height} pixels exceeds max_image_pixels {options.max_image_pixels}",
         )
     if min(width, height) < options.min_image_size:
         raise _Refused(
-            "filtered", "too_small", f"image too small: {width}x{height} < min_image_size {options.min_image_size}"
+            FILTERED, "too_small", f"image too small: {width}x{height} < min_image_size {options.min_image_size}"
         )
     if max(width, height) / min(width, height) > options.max_aspect_ratio:
         raise _Refused(
-            "filtered",
+            FILTERED,
             "aspect_ratio",
             f"aspect ratio too large: {width}x{height} > max_aspect_ratio {options.max_aspect_ratio}",
         )
 
 
-def _plan(original: tuple[int, int], options: ImageOptions) -> _Plan:
+def _output_geometry(original: tuple[int, int], options: ImageOptions) -> _OutputGeometry:
     """Output geometry as img2dataset computes it (albumentations' rounding and centring)."""
     width, height = original
     size = options.image_size
     mode = options.resize_mode
     full_box = (0.0, 0.0, float(width), float(height))
     if mode == "no":
-        return _Plan(original, full_box, original, None, original)
+        return _OutputGeometry(original, full_box, original, None, original)
     side = min(width, height) if mode in ("keep_ratio", "center_crop") else max(width, height)
     scale = size / side
     resized = (max(1, round(width * scale)), max(1, round(height * scale)))
     if mode in ("keep_ratio", "keep_ratio_largest"):
-        return _Plan(resized, full_box, resized, None, resized)
+        return _OutputGeometry(resized, full_box, resized, None, resized)
     if mode == "border":
         if resized == (size, size):
-            return _Plan(resized, full_box, resized, None, resized)
+            return _OutputGeometry(resized, full_box, resized, None, resized)
         offset = ((size - resized[0]) // 2, (size - resized[1]) // 2)
-        return _Plan(resized, full_box, (size, size), offset, resized)
+        return _OutputGeometry(resized, full_box, (size, size), offset, resized)
     # center_crop: crop the resized image to size x size; resample only that region.
     crop_x, crop_y = (resized[0] - size) // 2, (resized[1] - size) // 2
     to_source_x, to_source_y = width / resized[0], height / resized[1]
@@ -202,17 +218,17 @@ def _plan(original: tuple[int, int], options: ImageOptions) -> _Plan:
         (crop_y + min(size, resized[1])) * to_source_y,
     )
     output = (min(size, resized[0]), min(size, resized[1]))
-    return _Plan(output, box, output, None, resized)
+    return _OutputGeometry(output, box, output, None, resized)
 
 
-def _can_keep_bytes(image: Image.Image, plan: _Plan, options: ImageOptions) -> bool:
+def _can_keep_bytes(image: Image.Image, geometry: _OutputGeometry, options: ImageOptions) -> bool:
     return (
         options.skip_reencode
         and image.format == _PIL_FORMAT[options.encode_format]
         and image.mode == "RGB"
         and "transparency" not in image.info
-        and plan.output == image.size
-        and plan.resized == image.size
+        and geometry.output == image.size
+        and geometry.resized == image.size
         and not getattr(image, "is_animated", False)
     )
 
@@ -223,29 +239,29 @@ def _verify(image: Image.Image) -> None:
     image.load()
 
 
-def _transform(image: Image.Image, plan: _Plan, options: ImageOptions) -> bytes:
+def _transform(image: Image.Image, geometry: _OutputGeometry, options: ImageOptions) -> bytes:
     original = image.size
     scale = 1.0
-    if plan.resized != original:
+    if geometry.resized != original:
         # Decode at the smallest DCT scale still at least the resized size (JPEG only). The
         # drafted image is ceil(size / s) pixels; its content spans exactly size / s of them.
-        drafted = image.draft("RGB", plan.draft_size)
+        drafted = image.draft("RGB", geometry.draft_size)
         if drafted is not None:
             scale = drafted[1][2] / original[0]
     image = _decodable_mode(image)
-    if plan.resized != original or plan.box != (0.0, 0.0, float(original[0]), float(original[1])):
-        box = tuple(coordinate * scale for coordinate in plan.box)
-        downscale = (box[2] - box[0]) > plan.resized[0] or (box[3] - box[1]) > plan.resized[1]
+    if geometry.resized != original or geometry.box != (0.0, 0.0, float(original[0]), float(original[1])):
+        box = tuple(coordinate * scale for coordinate in geometry.box)
+        downscale = (box[2] - box[0]) > geometry.resized[0] or (box[3] - box[1]) > geometry.resized[1]
         image = image.resize(
-            plan.resized,
+            geometry.resized,
             Image.Resampling.BICUBIC if downscale else Image.Resampling.LANCZOS,
             box=box,
             reducing_gap=_REDUCING_GAP if downscale else None,
         )
     image = _to_rgb(image)
-    if plan.offset is not None:
-        canvas = Image.new("RGB", plan.output, _WHITE)
-        canvas.paste(image, plan.offset)
+    if geometry.offset is not None:
+        canvas = Image.new("RGB", geometry.output, _WHITE)
+        canvas.paste(image, geometry.offset)
         image = canvas
     return _encode(image, options)
 
@@ -268,7 +284,7 @@ def _decodable_mode(image: Image.Image) -> Image.Image:
         return Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), "L")
     if mode in ("CMYK", "YCbCr", "RGBX", "RGBa", "La"):
         return image.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
-    raise _Refused("failed_to_decode", "unsupported_mode", f"unsupported pixel mode {mode}")
+    raise _Refused(FAILED_TO_DECODE, "unsupported_mode", f"unsupported pixel mode {mode}")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -294,7 +310,7 @@ def _encode(image: Image.Image, options: ImageOptions) -> bytes:
 
 def _success(data: bytes, extension: str, size: tuple[int, int], original: tuple[int, int]) -> ImageResult:
     return ImageResult(
-        status="success",
+        OK,
         data=data,
         extension=extension,
         width=size[0],
@@ -304,11 +320,9 @@ def _success(data: bytes, extension: str, size: tuple[int, int], original: tuple
     )
 
 
-def _failure(status: str, error_class: str, message: str, original: tuple[int, int] | None) -> ImageResult:
+def _failure(outcome: Outcome, original: tuple[int, int] | None) -> ImageResult:
     return ImageResult(
-        status=status,
-        error_class=error_class,
-        error_message=message,
+        outcome,
         original_width=original[0] if original else None,
         original_height=original[1] if original else None,
     )

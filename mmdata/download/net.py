@@ -8,8 +8,9 @@ DNS, connect, TLS, the request, the headers and every body read, so a server dri
 time cannot hold a thread. Bodies are capped while streaming, whatever Content-Length says, and
 never decompressed (we ask for identity; a gzip body is just bytes under the cap).
 
-Failures come back as a FetchResult with a status from the closed set in schemas/samples.py and a
-short error class; nothing raises for a bad URL or a bad server.
+Failures come back as a FetchResult whose Outcome has a status from the closed set in
+schemas/samples.py and a short error class; nothing raises for a bad URL or a bad server. Which URLs
+are fetched is :mod:`mmdata.download.urls`; the per-host caps and backoff are :mod:`mmdata.download.hosts`.
 """
 
 from __future__ import annotations
@@ -23,34 +24,24 @@ import re
 import select
 import socket
 import ssl
-import threading
 import time
-from dataclasses import dataclass
-from urllib.parse import quote, urljoin, urlsplit
+from dataclasses import dataclass, replace
+from urllib.parse import urljoin
 
 from mmdata import __version__
 from mmdata.download.addresses import Endpoint, IPNetwork, ResolveError, Resolver, block_reason, parse_networks
+from mmdata.download.hosts import HOST_BACKOFF, HOST_BUSY, HostGates, HostUnavailable
 from mmdata.download.robots import opt_out_directive
-from mmdata.schemas.samples import SUCCESS
-
-INVALID_URL = "invalid_url"
-BLOCKED = "blocked"
-OPTED_OUT = "opted_out"
-FAILED = "failed_to_download"
+from mmdata.download.urls import InvalidURL, Target, parse_url
+from mmdata.schemas.samples import BLOCKED, FAILED_TO_DOWNLOAD, INVALID_URL, OK, OPTED_OUT, Outcome
 
 # Error classes worth another try later (`--retry-failed`): the server or the path may recover.
 TRANSIENT_ERROR_CLASSES: frozenset[str] = frozenset(
-    {"timeout", "connection_error", "dns_error", "rate_limited", "host_backoff", "host_busy"}
+    {"timeout", "connection_error", "dns_error", "rate_limited", HOST_BACKOFF, HOST_BUSY}
     | {f"http_{code}" for code in range(500, 600)}
 )
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_HOST_NAME = re.compile(r"^[a-z0-9_.-]+$")
-# Characters left as they are when a URL's path and query are put on the request line: every
-# reserved and unreserved ASCII character, and `%` so existing escapes survive. The rest
-# (non-ASCII, space) is percent-encoded as UTF-8, as browsers do.
-_URL_SAFE = "/?:@!$&'()*+,;=-._~%[]"
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -103,21 +94,31 @@ class FetchPolicy:
         require(self.ca_file is None or os.path.isfile(self.ca_file), f"ca_file {self.ca_file!r} is not a file")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FetchResult:
     """What became of one URL; `body` is set only on success."""
 
-    status: str
-    error_class: str | None = None
-    error_message: str | None = None
+    outcome: Outcome
     body: bytes | None = None
     http_status: int | None = None
     final_url: str | None = None
     attempts: int = 0
 
     @property
+    def status(self) -> str:
+        return self.outcome.status
+
+    @property
+    def error_class(self) -> str | None:
+        return self.outcome.error_class
+
+    @property
+    def error_message(self) -> str | None:
+        return self.outcome.error_message
+
+    @property
     def transient(self) -> bool:
-        return self.error_class in TRANSIENT_ERROR_CLASSES
+        return self.outcome.error_class in TRANSIENT_ERROR_CLASSES
 
 
 class _Failure(Exception):
@@ -126,57 +127,8 @@ class _Failure(Exception):
     def __init__(self, status: str, error_class: str, message: str, *, http_status: int | None = None,
                  retry_after: float | None = None, url: str | None = None):
         super().__init__(message)
-        self.status, self.error_class, self.message = status, error_class, message
+        self.outcome = Outcome(status, error_class, message)
         self.http_status, self.retry_after, self.url = http_status, retry_after, url
-
-
-@dataclass(frozen=True)
-class _Target:
-    """A parsed http(s) URL: where to connect and what to send."""
-
-    url: str
-    scheme: str
-    host: str  # lower-case ASCII (IDNA); an IPv6 literal without brackets
-    port: int
-    request_target: str  # path and query, ASCII
-    host_header: str
-
-
-def _parse_url(url: object) -> _Target:
-    """Parse an http(s) URL, refusing everything else with an `invalid_url` _Failure."""
-    if not isinstance(url, str) or not url.strip():
-        raise _Failure(INVALID_URL, "empty_url", "the URL is empty")
-    url = url.strip()
-    if _CONTROL.search(url):
-        raise _Failure(INVALID_URL, "malformed_url", "the URL contains control characters")
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            shown = f"{scheme}:" if scheme else "no scheme"
-            raise _Failure(INVALID_URL, "bad_scheme", f"only http and https URLs are fetched, got {shown}")
-        raw_host = parts.hostname
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError as error:  # a bad port or bracket
-        raise _Failure(INVALID_URL, "malformed_url", f"malformed URL: {error}") from None
-    if not raw_host:
-        raise _Failure(INVALID_URL, "malformed_url", "the URL has no host")
-    if ":" in raw_host:  # an IPv6 literal: checked as an address after resolution
-        host, host_header = raw_host, f"[{raw_host}]"
-    else:
-        try:
-            host = raw_host.encode("idna").decode("ascii").lower() if not raw_host.isascii() else raw_host.lower()
-        except UnicodeError:
-            raise _Failure(INVALID_URL, "malformed_url", f"malformed host name {raw_host!r}") from None
-        if not _HOST_NAME.match(host) or ".." in host or host.startswith("."):
-            raise _Failure(INVALID_URL, "malformed_url", f"malformed host name {raw_host!r}")
-        host_header = host
-    if parts.port not in (None, 80 if scheme == "http" else 443):
-        host_header = f"{host_header}:{port}"
-    request_target = quote(parts.path or "/", safe=_URL_SAFE)
-    if parts.query:
-        request_target += "?" + quote(parts.query, safe=_URL_SAFE)
-    return _Target(url, scheme, host, port, request_target, host_header)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -266,21 +218,6 @@ class _Hop:
     body: bytes | None = None
 
 
-class _HostGate:
-    """Per-host concurrency cap and failure backoff. All gates of a Fetcher share one lock, so
-    finding, waiting on and forgetting a gate are atomic together."""
-
-    def __init__(self, lock: threading.Lock):
-        self.condition = threading.Condition(lock)
-        self.in_flight = 0
-        self.waiting = 0
-        self.consecutive_failures = 0
-        self.backoff_until = 0.0
-
-    def idle(self) -> bool:
-        return self.in_flight == 0 and self.waiting == 0 and self.consecutive_failures == 0
-
-
 class Fetcher:
     """Fetches URLs under a FetchPolicy; thread-safe, one per worker process, so per-host limits
     and backoff hold across all its threads."""
@@ -293,8 +230,8 @@ class Fetcher:
         if policy.ca_file:
             self._ssl.load_verify_locations(cafile=policy.ca_file)
         self._random = random.Random()
-        self._hosts: dict[str, _HostGate] = {}
-        self._hosts_lock = threading.Lock()
+        self._hosts = HostGates(max_per_host=policy.max_per_host, failure_limit=policy.host_failure_limit,
+                                backoff=policy.host_backoff)
         self._user_agent = f"mmdata/{__version__}" + (
             f" (compatible; {policy.user_agent_token})" if policy.user_agent_token else ""
         )
@@ -313,9 +250,9 @@ class Fetcher:
         """Fetch `url`, retrying transient failures with backoff; never raises for a bad URL or server."""
         policy = self.policy
         try:
-            target = _parse_url(url)
-        except _Failure as failure:
-            return FetchResult(failure.status, failure.error_class, failure.message, final_url=None, attempts=0)
+            target = parse_url(url)
+        except InvalidURL as invalid:
+            return FetchResult(Outcome(INVALID_URL, invalid.error_class, str(invalid)))
         end_of_all = time.monotonic() + policy.timeout * (policy.retries + 1)
         attempts = 0
         while True:
@@ -323,23 +260,23 @@ class Fetcher:
             deadline = min(time.monotonic() + policy.timeout, end_of_all)
             try:
                 body, http_status, final_url = self._attempt(target, deadline)
-                return FetchResult(SUCCESS, body=body, http_status=http_status, final_url=final_url, attempts=attempts)
+                return FetchResult(OK, body=body, http_status=http_status, final_url=final_url, attempts=attempts)
             except _Failure as failure:
-                result = FetchResult(failure.status, failure.error_class, failure.message, None,
-                                     failure.http_status, failure.url, attempts)
+                result = FetchResult(failure.outcome, None, failure.http_status, failure.url, attempts)
                 retry_after = failure.retry_after
-            if not result.transient or attempts > policy.retries or result.error_class == "host_backoff":
+            if not result.transient or attempts > policy.retries or result.error_class == HOST_BACKOFF:
                 return result
             delay = policy.backoff_base * 2 ** (attempts - 1) * self._random.uniform(0.5, 1.5)
             if retry_after is not None:
                 delay = max(delay, retry_after)  # never earlier than the server asked
             if time.monotonic() + delay >= end_of_all:
                 if retry_after is not None:
-                    result.error_message += f" (Retry-After {retry_after:g} s is past the deadline)"
+                    message = f"{result.error_message} (Retry-After {retry_after:g} s is past the deadline)"
+                    result = replace(result, outcome=replace(result.outcome, error_message=message))
                 return result
             time.sleep(delay)
 
-    def _attempt(self, target: _Target, deadline: float) -> tuple[bytes, int, str]:
+    def _attempt(self, target: Target, deadline: float) -> tuple[bytes, int, str]:
         """One attempt: follow redirects (each hop checked again) to a final 2xx; raises _Failure."""
         for _ in range(self.policy.max_redirects + 1):
             hop = self._hop(target, deadline)
@@ -347,28 +284,31 @@ class Fetcher:
                 return hop.body, hop.http_status, target.url
             next_url = urljoin(target.url, hop.location)
             try:
-                target = _parse_url(next_url)
-            except _Failure as failure:
+                target = parse_url(next_url)
+            except InvalidURL as invalid:
                 # The first URL was fine; where it sends us is the server's doing.
-                status = BLOCKED if failure.error_class == "bad_scheme" else FAILED
-                raise _Failure(status, failure.error_class, f"redirect to {next_url[:200]!r}: {failure.message}",
+                status = BLOCKED if invalid.error_class == "bad_scheme" else FAILED_TO_DOWNLOAD
+                raise _Failure(status, invalid.error_class, f"redirect to {next_url[:200]!r}: {invalid}",
                                http_status=hop.http_status, url=next_url) from None
-        raise _Failure(FAILED, "too_many_redirects", f"more than {self.policy.max_redirects} redirects",
+        raise _Failure(FAILED_TO_DOWNLOAD, "too_many_redirects", f"more than {self.policy.max_redirects} redirects",
                        url=target.url)
 
-    def _hop(self, target: _Target, deadline: float) -> _Hop:
+    def _hop(self, target: Target, deadline: float) -> _Hop:
         """One request under the host's gate; a connection failure or timeout counts against the host."""
-        gate = self._enter_host(target, deadline)
+        try:
+            gate = self._hosts.enter(target.host, deadline)
+        except HostUnavailable as refused:
+            raise _Failure(FAILED_TO_DOWNLOAD, refused.error_class, str(refused), url=target.url) from None
         connection_failed = False
         try:
             return self._request(target, deadline)
         except _Failure as failure:
-            connection_failed = failure.error_class in ("timeout", "connection_error")
+            connection_failed = failure.outcome.error_class in ("timeout", "connection_error")
             raise
         finally:
-            self._leave_host(gate, connection_failed)
+            self._hosts.leave(gate, connection_failed=connection_failed)
 
-    def _request(self, target: _Target, deadline: float) -> _Hop:
+    def _request(self, target: Target, deadline: float) -> _Hop:
         policy = self.policy
         sock = None
         try:
@@ -387,15 +327,15 @@ class Fetcher:
             if status in _REDIRECT_CODES:
                 location = _header_text(response.getheader("Location"))
                 if not location:
-                    raise _Failure(FAILED, f"http_{status}", f"HTTP {status} redirect without a Location",
+                    raise _Failure(FAILED_TO_DOWNLOAD, f"http_{status}", f"HTTP {status} redirect without a Location",
                                    http_status=status, url=target.url)
                 return _Hop(status, location=location)
             if status == 429:
                 retry_after = _retry_after(response.getheader("Retry-After"))
-                raise _Failure(FAILED, "rate_limited", "HTTP 429 Too Many Requests", http_status=status,
+                raise _Failure(FAILED_TO_DOWNLOAD, "rate_limited", "HTTP 429 Too Many Requests", http_status=status,
                                retry_after=retry_after, url=target.url)
             if not 200 <= status < 300:
-                raise _Failure(FAILED, f"http_{status}", f"HTTP {status} {response.reason}".strip(),
+                raise _Failure(FAILED_TO_DOWNLOAD, f"http_{status}", f"HTTP {status} {response.reason}".strip(),
                                http_status=status, url=target.url)
             directive = opt_out_directive(response.headers.get_all("X-Robots-Tag", []),
                                           policy.user_agent_token, policy.disallowed_header_directives)
@@ -406,27 +346,28 @@ class Fetcher:
         except _Failure:
             raise
         except TimeoutError:  # socket.timeout is TimeoutError
-            raise _Failure(FAILED, "timeout", f"no complete answer within {policy.timeout:g} s",
+            raise _Failure(FAILED_TO_DOWNLOAD, "timeout", f"no complete answer within {policy.timeout:g} s",
                            url=target.url) from None
         except ssl.SSLError as error:
-            raise _Failure(FAILED, "tls_error", f"TLS: {error.reason or error}", url=target.url) from None
+            raise _Failure(FAILED_TO_DOWNLOAD, "tls_error", f"TLS: {error.reason or error}", url=target.url) from None
         except (http.client.RemoteDisconnected, ConnectionError) as error:
-            raise _Failure(FAILED, "connection_error", f"connection failed: {error}", url=target.url) from None
-        except (http.client.HTTPException, ValueError) as error:  # http.client raises ValueError on bad chunks
-            raise _Failure(FAILED, "bad_response", f"malformed HTTP response: {type(error).__name__} {error}"[:300],
+            raise _Failure(FAILED_TO_DOWNLOAD, "connection_error", f"connection failed: {error}",
                            url=target.url) from None
+        except (http.client.HTTPException, ValueError) as error:  # http.client raises ValueError on bad chunks
+            message = f"malformed HTTP response: {type(error).__name__} {error}"[:300]
+            raise _Failure(FAILED_TO_DOWNLOAD, "bad_response", message, url=target.url) from None
         except OSError as error:
-            raise _Failure(FAILED, "connection_error", f"connection failed: {error.strerror or error}",
+            raise _Failure(FAILED_TO_DOWNLOAD, "connection_error", f"connection failed: {error.strerror or error}",
                            url=target.url) from None
         finally:
             if sock is not None:
                 sock.close()
 
-    def _checked_endpoints(self, target: _Target, deadline: float) -> list[Endpoint]:
+    def _checked_endpoints(self, target: Target, deadline: float) -> list[Endpoint]:
         try:
             endpoints = self._resolver.resolve(target.host, target.port, _remaining(deadline))
         except ResolveError as error:
-            raise _Failure(FAILED, "dns_error" if error.transient else "dns_not_found", str(error),
+            raise _Failure(FAILED_TO_DOWNLOAD, "dns_error" if error.transient else "dns_not_found", str(error),
                            url=target.url) from None
         # Any disallowed answer refuses the host: a name that also points inward is not to be trusted.
         for endpoint in endpoints:
@@ -438,7 +379,7 @@ class Fetcher:
                                url=target.url)
         return endpoints
 
-    def _connect(self, target: _Target, endpoints: list[Endpoint], deadline: float) -> socket.socket:
+    def _connect(self, target: Target, endpoints: list[Endpoint], deadline: float) -> socket.socket:
         """Connect to one of the checked addresses (never a fresh lookup); TLS for https."""
         last_error: OSError = OSError("no address to connect to")
         for index, endpoint in enumerate(endpoints):
@@ -462,12 +403,13 @@ class Fetcher:
                 raise
         return sock
 
-    def _read_body(self, response: http.client.HTTPResponse, target: _Target) -> bytes:
+    def _read_body(self, response: http.client.HTTPResponse, target: Target) -> bytes:
         """The body, up to max_bytes, refusing early when Content-Length already says it is larger."""
         max_bytes = self.policy.max_bytes
         declared = response.length  # None when absent, chunked or unparseable
         if declared is not None and declared > max_bytes:
-            raise _Failure(FAILED, "body_too_large", f"Content-Length {declared} is over the {max_bytes}-byte cap",
+            raise _Failure(FAILED_TO_DOWNLOAD, "body_too_large",
+                           f"Content-Length {declared} is over the {max_bytes}-byte cap",
                            http_status=response.status, url=target.url)
         if declared is not None:
             return self._read_declared(response, declared, target)
@@ -479,16 +421,12 @@ class Fetcher:
             chunks.append(chunk)
             total += len(chunk)
             if total > max_bytes:
-                raise _Failure(FAILED, "body_too_large", f"body is over the {max_bytes}-byte cap",
+                raise _Failure(FAILED_TO_DOWNLOAD, "body_too_large", f"body is over the {max_bytes}-byte cap",
                                http_status=response.status, url=target.url)
-        if declared is not None and total < declared:
-            raise _Failure(FAILED, "incomplete_body",
-                           f"connection closed after {total} of {declared} announced bytes",
-                           http_status=response.status, url=target.url)
         return b"".join(chunks)
 
     @staticmethod
-    def _read_declared(response: http.client.HTTPResponse, declared: int, target: _Target) -> bytes:
+    def _read_declared(response: http.client.HTTPResponse, declared: int, target: Target) -> bytes:
         """A body of announced length (already checked against the cap), read straight into one
         buffer: each socket read takes all that has arrived, with no per-chunk copies."""
         body = bytearray(declared)
@@ -496,49 +434,8 @@ class Fetcher:
         while total < declared:
             received = response.readinto(view[total:])
             if not received:
-                raise _Failure(FAILED, "incomplete_body",
+                raise _Failure(FAILED_TO_DOWNLOAD, "incomplete_body",
                                f"connection closed after {total} of {declared} announced bytes",
                                http_status=response.status, url=target.url)
             total += received
         return bytes(body)
-
-    # -- per-host gates --------------------------------------------------------------------------
-    def _enter_host(self, target: _Target, deadline: float) -> _HostGate:
-        """Wait for a slot on the host (up to the deadline); refuse at once while it is backed off."""
-        cap = self.policy.max_per_host
-        with self._hosts_lock:
-            gate = self._hosts.get(target.host)
-            if gate is None:
-                if len(self._hosts) > 10_000:  # forget healthy idle hosts: memory stays bounded
-                    self._hosts = {host: g for host, g in self._hosts.items() if not g.idle()}
-                gate = self._hosts[target.host] = _HostGate(self._hosts_lock)
-            gate.waiting += 1
-            try:
-                while True:
-                    now = time.monotonic()
-                    if gate.backoff_until > now:
-                        raise _Failure(FAILED, "host_backoff",
-                                       f"{target.host} failed {gate.consecutive_failures} times in a row; "
-                                       f"backed off for {gate.backoff_until - now:.0f} s more", url=target.url)
-                    if cap is None or gate.in_flight < cap:
-                        gate.in_flight += 1
-                        return gate
-                    if now >= deadline:
-                        raise _Failure(FAILED, "host_busy", f"no free slot for {target.host} before the deadline "
-                                       f"(at most {cap} requests per host)", url=target.url)
-                    gate.condition.wait(deadline - now)
-            finally:
-                gate.waiting -= 1
-
-    def _leave_host(self, gate: _HostGate, connection_failed: bool) -> None:
-        limit = self.policy.host_failure_limit
-        with self._hosts_lock:
-            gate.in_flight -= 1
-            if connection_failed:
-                gate.consecutive_failures += 1
-                if limit is not None and gate.consecutive_failures >= limit:
-                    gate.backoff_until = time.monotonic() + self.policy.host_backoff
-                    gate.condition.notify_all()  # waiters leave with host_backoff now
-            else:
-                gate.consecutive_failures = 0
-            gate.condition.notify()

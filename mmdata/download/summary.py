@@ -1,69 +1,13 @@
-"""Per-shard download stats, derived from the shard's metadata rows so that they always add up, and
-the job summary printed at the end of a download and by ``mmdata stats``.
-
-The stats file keeps img2dataset's fields (``count``, ``successes``, ``failed_to_download``,
-``failed_to_resize``, ``duration``, ``status_dict``) so tools written for its output keep working;
-``status_dict`` counts our closed set of statuses, ``error_classes`` the finer error classes.
-"""
+"""The download summary printed at the end of a download and by ``mmdata stats``, from the shards'
+stats files (:func:`mmdata.stats.shard_stats`)."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from mmdata import __version__, layout
-from mmdata.schemas.samples import SUCCESS
-
-# img2dataset splits failures into these two counters; every status falls in exactly one.
-RESIZE_FAILURES = frozenset({"failed_to_decode", "filtered"})
-
-
-def shard_stats(rows: pa.Table, *, shard: int, duration: float, start_time: float, extra: dict | None = None) -> dict:
-    """The stats JSON of one shard, computed from its metadata table."""
-    status_dict = _value_counts(rows.column("status"))
-    error_classes = _value_counts(rows.column("error_class"))
-    successes = status_dict.get(SUCCESS, 0)
-    failed_to_resize = sum(n for status, n in status_dict.items() if status in RESIZE_FAILURES)
-    return {
-        "shard": layout.shard_name(shard),
-        "count": rows.num_rows,
-        "successes": successes,
-        "failed_to_download": rows.num_rows - successes - failed_to_resize,
-        "failed_to_resize": failed_to_resize,
-        "duration": round(duration, 3),
-        "start_time": start_time,
-        "end_time": start_time + duration,
-        "status_dict": status_dict,
-        "error_classes": error_classes,
-        "bytes_downloaded": int(pc.sum(rows.column("byte_count")).as_py() or 0),
-        "mmdata_version": __version__,
-        **(extra or {}),
-    }
-
-
-def load_shard_stats(root: str | os.PathLike) -> list[dict]:
-    """The stats of every complete shard under ``root``, in shard order."""
-    return [json.loads(layout.stats_path(root, name).read_text()) for name in layout.complete_shards(root)]
-
-
-def total_stats(shard_stats_list: list[dict]) -> dict:
-    """Sum of per-shard stats (counts, durations, and both breakdowns)."""
-    total = {"shards": len(shard_stats_list), "count": 0, "successes": 0, "failed_to_download": 0,
-             "failed_to_resize": 0, "bytes_downloaded": 0}
-    status_dict, error_classes = Counter(), Counter()
-    for stats in shard_stats_list:
-        for name in ("count", "successes", "failed_to_download", "failed_to_resize", "bytes_downloaded"):
-            total[name] += stats.get(name, 0)
-        status_dict.update(stats.get("status_dict", {}))
-        error_classes.update(stats.get("error_classes", {}))
-    total["status_dict"] = dict(status_dict.most_common())
-    total["error_classes"] = dict(error_classes.most_common())
-    return total
+from mmdata import layout
+from mmdata.stats import load_shard_stats, total_stats
 
 
 def format_summary(total: dict, *, last_run: dict | None = None) -> str:
@@ -90,11 +34,8 @@ def summarize_folder(root: str | os.PathLike) -> str:
     if not stats:
         raise ValueError(f"{root} holds no complete shard (no NNNNN_stats.json): is it a dataset folder?")
     complete = layout.manifest_path(root).exists()
-    state = "job complete (manifest.json written)" if complete else "job incomplete: no manifest.json yet (re-run to resume)"
+    if complete:
+        state = "job complete (manifest.json written)"
+    else:
+        state = "job incomplete: no manifest.json yet (re-run to resume)"
     return format_summary(total_stats(stats)) + "\n" + state
-
-
-def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
-    counts = pc.value_counts(column.drop_null())
-    pairs = [(entry["values"].as_py(), entry["counts"].as_py()) for entry in counts]
-    return dict(sorted(pairs, key=lambda pair: (-pair[1], pair[0])))

@@ -1,5 +1,5 @@
 """Downloading one shard: fetch, check, decode and resize every row on a thread pool, then write the
-samples in input order through :class:`~mmdata.dataset.ShardOutput` (tar, parquet, stats last),
+samples in input order through :class:`~mmdata.shard_output.ShardOutput` (tar, parquet, stats last),
 holding the shard's writer lock (:mod:`mmdata.writer_lock`) throughout.
 
 Every input row becomes one metadata row, success or failure; only successes get tar members. The
@@ -13,37 +13,41 @@ import collections
 import functools
 import hashlib
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmdata import layout
-from mmdata.dataset import ShardOutput
 from mmdata.download.config import DownloadConfig
 from mmdata.download.image import process_image
-from mmdata.download.net import TRANSIENT_ERROR_CLASSES, Fetcher, FetchPolicy
-from mmdata.download.summary import shard_stats
-from mmdata.schemas.samples import SUCCESS
+from mmdata.download.net import TRANSIENT_ERROR_CLASSES, Fetcher, FetchPolicy, FetchResult
+from mmdata.schemas.members import CAPTION_EXTENSION, METADATA_EXTENSION
+from mmdata.schemas.samples import FAILED_TO_DOWNLOAD, IDENTITY_FIELDS, OUTCOME_FIELDS, SPAN_FIELDS, SUCCESS, Outcome
+from mmdata.shard_output import ShardOutput
 from mmdata.shards import iter_samples
 from mmdata.writer_lock import shard_writer
 
-# Called with a task's cumulative counts after each row (rate-limited by the callee) and with
-# ``force=True`` once at the end: :class:`mmdata.execution.ProgressReporter`.
-Progress = Callable[..., None]
 # Rows fetched ahead of the decoder, per fetch thread: enough that the threads never wait for it.
 FETCH_AHEAD_PER_THREAD = 4
-# Metadata fields that describe where a sample sits in its tar; recomputed whenever a shard is rewritten.
-_SPAN_FIELDS = ("tar_offset", "tar_size")
+
+
+class ProgressFeed(Protocol):
+    """Takes a shard's cumulative counts after each row (rate-limiting itself) and once more with
+    ``force=True`` at the end: the executors' progress reporters.
+
+    The counts are ``samples``, ``successes`` and one ``failed:<class>`` per failure class seen so
+    far (the row's error class, or its status when it has none)."""
+
+    def __call__(self, counts: dict[str, int], *, force: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
 class RowOutcome:
-    """What happened to one URL: the metadata fields it fills, and the encoded image on success."""
+    """What happened to one URL: the OUTCOME_FIELDS it fills, and the encoded image on success."""
 
     fields: dict
     image: bytes | None = None
@@ -81,7 +85,8 @@ class RowDownloader:
                 raise fetched
             return self._process(fetched)
         except Exception as error:  # a bug in one row must not sink the other rows of the shard
-            return RowOutcome(_failure("failed_to_download", "internal_error", f"{type(error).__name__}: {error}"))
+            failure = Outcome(FAILED_TO_DOWNLOAD, "internal_error", f"{type(error).__name__}: {error}")
+            return RowOutcome(failure.fields())
 
     def _fetch(self, url: str | None):
         try:
@@ -89,41 +94,38 @@ class RowDownloader:
         except Exception as error:  # handed to the consumer, which records it as the row's failure
             return error
 
-    def _process(self, fetched) -> RowOutcome:
+    def _process(self, fetched: FetchResult) -> RowOutcome:
         body = fetched.body
         fields = {
-            "status": fetched.status,
-            "error_class": fetched.error_class,
-            "error_message": fetched.error_message,
+            **fetched.outcome.fields(),
             "http_status": fetched.http_status,
             "byte_count": len(body) if body is not None else None,
         }
-        if fetched.status != SUCCESS:
+        if not fetched.outcome.ok:
             return RowOutcome(fields)
-        fields["sha256"] = hashlib.sha256(body).hexdigest()
         image = process_image(body, self._config.image)
         fields.update(
-            status=image.status,
-            error_class=image.error_class,
-            error_message=image.error_message,
+            image.outcome.fields(),
+            sha256=hashlib.sha256(body).hexdigest(),
             width=image.width,
             height=image.height,
             original_width=image.original_width,
             original_height=image.original_height,
         )
-        if image.status != SUCCESS:
+        if not image.outcome.ok:
             return RowOutcome(fields)
         fields["image_format"] = image.extension
         return RowOutcome(fields, image.data)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def __enter__(self) -> "RowDownloader":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        # Interrupted (not failed): fetches blocked on a slow server must not hold the stop up.
+        self.close(wait=exc_type is None or issubclass(exc_type, Exception))
 
 
 @functools.lru_cache(maxsize=4)
@@ -132,7 +134,7 @@ def process_fetcher(policy: FetchPolicy) -> Fetcher:
     return Fetcher(policy)
 
 
-def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress: Progress | None = None) -> dict:
+def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress: ProgressFeed | None = None) -> dict:
     """Download every row of ``rows`` (columns url, caption, and saved extras) into shard ``shard``;
     returns the shard's stats, also written as its ``_stats.json``."""
     with shard_writer(config.output_dir, shard):
@@ -142,7 +144,7 @@ def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress:
         return _download_rows(config, shard, rows, progress)
 
 
-def _download_rows(config: DownloadConfig, shard: int, rows: pa.Table, progress: Progress | None) -> dict:
+def _download_rows(config: DownloadConfig, shard: int, rows: pa.Table, progress: ProgressFeed | None) -> dict:
     records = rows.to_pylist()
     with RowDownloader(config) as downloader:
         outcomes = downloader.map(record.get("url") for record in records)
@@ -153,7 +155,7 @@ def _download_rows(config: DownloadConfig, shard: int, rows: pa.Table, progress:
         return _write_shard(config, shard, samples, progress, rows.schema)
 
 
-def retry_shard(config: DownloadConfig, shard: int, progress: Progress | None = None) -> dict | None:
+def retry_shard(config: DownloadConfig, shard: int, progress: ProgressFeed | None = None) -> dict | None:
     """Re-attempt the rows of a complete shard whose failure was transient and rewrite the shard,
     keeping every other row (and the stored members of its successes) as it was.
 
@@ -173,7 +175,8 @@ def retry_shard(config: DownloadConfig, shard: int, progress: Progress | None = 
         with RowDownloader(config) as downloader:
             new_outcomes = downloader.map(previous[index]["url"] for index in retried)
             samples = _merge_retries(config, shard, previous, set(retried), new_outcomes)
-            return _write_shard(config, shard, samples, progress, table.schema, extra_stats={"retried": len(retried)})
+            return _write_shard(config, shard, samples, progress, table.schema,
+                                extra_stats={"retried": len(retried)})
 
 
 def transient_failures(table: pa.Table) -> pa.ChunkedArray:
@@ -187,13 +190,14 @@ def _merge_retries(
 ) -> Iterator[tuple[dict, dict | None]]:
     stored = iter_samples(layout.tar_path(config.output_dir, shard))
     for row_index, record in enumerate(previous):
-        record = {name: value for name, value in record.items() if name not in _SPAN_FIELDS}
+        record = {name: value for name, value in record.items() if name not in SPAN_FIELDS}
         if row_index in retried:
             yield _sample(config, shard, row_index, record, next(new_outcomes))
         elif record["status"] == SUCCESS:
             key, members = next(stored)
             if key != record["key"]:
-                raise ValueError(f"shard {layout.shard_name(shard)}: tar holds {key} where the metadata has {record['key']}")
+                raise ValueError(f"shard {layout.shard_name(shard)}: tar holds {key} "
+                                 f"where the metadata has {record['key']}")
             yield record, members
         else:
             yield record, None
@@ -212,8 +216,8 @@ def _sample(config: DownloadConfig, shard: int, row_index: int, record: dict, ou
         return row, None
     members = {row["image_format"]: outcome.image}
     if row.get("caption") is not None:
-        members["txt"] = row["caption"].encode("utf-8")
-    members["json"] = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+        members[CAPTION_EXTENSION] = row["caption"].encode("utf-8")
+    members[METADATA_EXTENSION] = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
     return row, members
 
 
@@ -221,48 +225,34 @@ def _write_shard(
     config: DownloadConfig,
     shard: int,
     samples: Iterable[tuple[dict, dict | None]],
-    progress: Progress | None,
+    progress: ProgressFeed | None,
     extra_fields: pa.Schema,
     extra_stats: dict | None = None,
 ) -> dict:
-    start_wall, start = time.time(), time.perf_counter()
-    statuses, error_classes, byte_counts = [], [], []
-    successes = 0
+    counts = {"samples": 0, "successes": 0}
     with ShardOutput(config.output_dir, shard, extra_fields=extra_fields) as output:
         for row, members in samples:
             output.add(row, members)
-            statuses.append(row["status"])
-            error_classes.append(row.get("error_class"))
-            byte_counts.append(row.get("byte_count"))
-            successes += row["status"] == SUCCESS
+            _count(counts, Outcome.of_row(row))
             if progress is not None:
-                progress({"samples": len(statuses), "successes": successes})
-        summary_rows = pa.table(
-            {"status": statuses, "error_class": pa.array(error_classes, pa.string()), "byte_count": pa.array(byte_counts, pa.int64())}
+                progress(dict(counts))
+        stats = output.commit(
+            {"shard_size": config.shard_size, "config_fingerprint": config.fingerprint(), **(extra_stats or {})}
         )
-        stats = shard_stats(
-            summary_rows,
-            shard=shard,
-            duration=time.perf_counter() - start,
-            start_time=start_wall,
-            extra={"shard_size": config.shard_size, "config_fingerprint": config.fingerprint(), **(extra_stats or {})},
-        )
-        output.commit(stats)
     if progress is not None:
-        progress({"samples": stats["count"], "successes": stats["successes"]}, force=True)
+        progress(dict(counts), force=True)
     return stats
 
 
-def _failure(status: str, error_class: str, message: str) -> dict:
-    return {"status": status, "error_class": error_class, "error_message": message}
+def _count(counts: dict[str, int], outcome: Outcome) -> None:
+    counts["samples"] += 1
+    if outcome.ok:
+        counts["successes"] += 1
+    else:
+        name = f"failed:{outcome.failure_class}"
+        counts[name] = counts.get(name, 0) + 1
 
 
-# Outcome fields a (re)download sets; cleared first so a retried row keeps nothing of its last attempt.
-_EMPTY_OUTCOME = {
-    name: None
-    for name in (
-        "error_message", "error_class", "width", "height", "original_width", "original_height",
-        "sha256", "http_status", "byte_count", "image_format",
-    )
-}
-_CLEARED_FIELDS = frozenset({"key", "uid", "status", *_EMPTY_OUTCOME, *_SPAN_FIELDS})
+# Outcome fields a (re)download sets: cleared first, so a retried row keeps nothing of its last attempt.
+_EMPTY_OUTCOME = dict.fromkeys(OUTCOME_FIELDS)
+_CLEARED_FIELDS = frozenset({*IDENTITY_FIELDS, *OUTCOME_FIELDS, *SPAN_FIELDS})

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable
 
 from mmdata.execution.config import ExecutionConfig
 from mmdata.execution.progress import StageProgress
+from mmdata.execution import signals
+from mmdata.execution.signals import Interrupted
 
 
 class Resubmit(Exception):
@@ -41,8 +43,9 @@ class Backend:
         """Nothing is in flight and no slot is free, but calls are waiting: wait for a slot or raise."""
         raise RuntimeError("no worker left to run the remaining calls")
 
-    def cancel(self, handles: list) -> None:
-        """Stop the calls still running (the job failed or was interrupted)."""
+    def cancel(self, handles: list, *, interrupted: bool) -> None:
+        """Stop the calls still running: the job failed, or was interrupted (then at once, without
+        waiting for them to clean up: the user asked to stop, and a re-run cleans up)."""
 
 
 _END = object()
@@ -97,8 +100,9 @@ def drive(
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
-    except BaseException:
-        backend.cancel(list(in_flight))
+    except BaseException as error:
+        interrupted = isinstance(error, (Interrupted, KeyboardInterrupt)) or signals.received() is not None
+        backend.cancel(list(in_flight), interrupted=interrupted)
         raise
 
 

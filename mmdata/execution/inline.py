@@ -24,6 +24,10 @@ class InlineExecutor(Executor):
     def concurrency(self) -> int:
         return 1
 
+    def resources(self) -> dict[str, float]:
+        """The machine's CPUs: one task at a time, but an actor in this process may use them all."""
+        return {"CPU": float(self.config.concurrency), "GPU": 0.0}
+
     def reporter(self, key: Any) -> Callable[..., None]:
         return _DictReporter(self._reports, key)
 

@@ -104,7 +104,7 @@ class _PoolCalls(Backend):
         self._idle.append(self._slot_of.pop(future))
         return future.result()
 
-    def cancel(self, handles: list) -> None:
+    def cancel(self, handles: list, *, interrupted: bool) -> None:
         _stop(set(self._slot_of.values()))  # none writes after the job has failed or was interrupted
 
 

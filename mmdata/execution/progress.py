@@ -134,7 +134,7 @@ class StageProgress:
 def interrupted_line() -> str:
     """What a user sees after Ctrl-C or SIGTERM: how far the last stage got, and how to go on."""
     stage = _last_stage
-    if stage is None or stage.tasks is None:
+    if stage is None:
         return "interrupted; re-run the same command to resume"
-    return (f"interrupted: {stage.tasks_done} of {stage.tasks} {stage.task_unit}s complete; "
-            "re-run the same command to resume")
+    of_total = "" if stage.tasks is None else f" of {stage.tasks}"
+    return f"interrupted: {stage.tasks_done}{of_total} {stage.task_unit}s complete; re-run the same command to resume"

@@ -130,12 +130,13 @@ class _RayTasks(Backend):
         self._running -= 1
         return ray.get(ref)
 
-    def cancel(self, refs: list) -> None:
-        """Stop the tasks still running and wait for them: none writes after the job has returned its
-        error (a cancelled task is interrupted and runs its cleanup)."""
+    def cancel(self, refs: list, *, interrupted: bool) -> None:
+        """Stop the tasks still running. After a failure, wait for them: none writes after the job has
+        returned its error (a cancelled task is interrupted and runs its cleanup). After an interrupt,
+        kill them: the executor's shutdown follows at once."""
         for ref in refs:
-            ray.cancel(ref)
-        if refs:
+            ray.cancel(ref, force=interrupted)
+        if refs and not interrupted:
             ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_SECONDS)
 
 

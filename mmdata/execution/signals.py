@@ -2,7 +2,10 @@
 thread, the executor in use cancels its work and stops what it started, and the command prints
 one line and exits 128 + the signal number (130 / 143).
 
-Ray installs its own SIGTERM handler when it starts a driver; :func:`reinstall` puts ours back.
+Ray installs its own SIGTERM handler when it starts a driver; :func:`reinstall` puts ours back. An
+exception raised by a handler inside a C extension's blocking call can reach Python wrapped in
+another error (Ray's ``wait`` turns it into a SystemError), so :func:`received` tells whatever
+error surfaces whether a signal caused it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Iterator
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _installed = False
+_received: int | None = None
 
 
 class Interrupted(BaseException):
@@ -29,7 +33,14 @@ class Interrupted(BaseException):
 
 
 def _raise(signum: int, _frame) -> None:
+    global _received
+    _received = signum
     raise Interrupted(signum)
+
+
+def received() -> int | None:
+    """The signal that interrupted this process, if one did."""
+    return _received
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ from mmdata import layout
 from mmdata.atomic import atomic_file
 from mmdata.report import plots
 from mmdata.report.facts import ReportFacts, gather
+from mmdata.schemas.members import image_member
+from mmdata.schemas.samples import SUCCESS
 from mmdata.shards import SampleSpan, read_sample
 
 SECTIONS = (
@@ -35,7 +37,6 @@ SECTIONS = (
     ("duplicates", "Duplicate clusters"),
     ("provenance", "Provenance of every stage"),
 )
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 THUMBNAIL_SIDE = 128
 
 _STYLE = """
@@ -95,7 +96,7 @@ def _funnel_section(facts: ReportFacts) -> str:
         return _not_run("download", "no complete shard in this folder")
     table = facts.table
     statuses = Counter(table.column("status").to_pylist())
-    stages = [("input rows", table.num_rows), ("downloaded", statuses.get("success", 0))]
+    stages = [("input rows", table.num_rows), ("downloaded", statuses.get(SUCCESS, 0))]
     notes = []
     if facts.scored:
         stages.append(("scored", len(table) - table.column("clip_score").null_count))
@@ -103,7 +104,7 @@ def _funnel_section(facts: ReportFacts) -> str:
         notes.append(_not_run("score", "no scores/ folder"))
     if facts.deduplicated:
         reasons = Counter(r for r in table.column("dup_reason").to_pylist() if r)
-        kept = statuses.get("success", 0) - sum(reasons.values())
+        kept = statuses.get(SUCCESS, 0) - sum(reasons.values())
         for tier in ("exact", "near", "semantic"):
             stages.append((f"dropped as {tier} duplicate", reasons.get(tier, 0)))
         stages.append(("unique after dedup", kept))
@@ -158,7 +159,7 @@ def _domains_section(facts: ReportFacts) -> str:
     if "error_class" in facts.table.column_names:
         errors: Counter = Counter()
         for domain, status, error_class in zip(domains, statuses, facts.table.column("error_class").to_pylist()):
-            if status != "success":
+            if status != SUCCESS:
                 errors[(domain, status, error_class or "(none)")] += 1
         parts.append("<h3>Error classes</h3>")
         parts.append(_table(["domain", "status", "error class", "rows"],
@@ -169,7 +170,7 @@ def _domains_section(facts: ReportFacts) -> str:
 def _sizes_section(facts: ReportFacts) -> str:
     if facts.table is None:
         return _not_run("download", "no complete shard in this folder")
-    success = facts.table.filter(pc.equal(facts.table.column("status"), "success"))
+    success = facts.table.filter(pc.equal(facts.table.column("status"), SUCCESS))
     widths = _floats(success, "original_width")
     heights = _floats(success, "original_height")
     keep = ~(np.isnan(widths) | np.isnan(heights)) & (heights > 0)
@@ -291,7 +292,7 @@ class _Thumbnails:
                 return None
         with open(path, "rb") as handle:
             _, members = read_sample(handle, SampleSpan(offset, size))
-        body = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+        body = image_member(members)
         if body is None:
             return None
         image = Image.open(io.BytesIO(body)).convert("RGB")

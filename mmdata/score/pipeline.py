@@ -20,13 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from mmdata.atomic import write_parquet
+from mmdata.schemas.members import caption_member, image_member
 from mmdata.schemas.scores import score_schema
 from mmdata.score.model import LoadedClip
 from mmdata.shards import ShardFormatError, iter_samples
 from mmdata.stats import Stats
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-CAPTION_EXTENSION = "txt"
 
 # score_error values, prefixes of the message; each has a failed_<reason> counter in the stats
 MISSING_IMAGE = "missing_image"
@@ -198,8 +196,8 @@ class ShardScorer:
         keys, errors, captions, image_futures = [], [], [], []
         for slot, (key, members) in enumerate(chunk):
             keys.append(key)
-            image = next((members[ext] for ext in IMAGE_EXTENSIONS if ext in members), None)
-            caption = members.get(CAPTION_EXTENSION)
+            image = image_member(members)
+            caption = caption_member(members)
             if image is None:
                 errors.append(MISSING_IMAGE)
             elif caption is None:

@@ -27,7 +27,9 @@ FLAT, HNSW, IVF_PQ = "flat", "hnsw", "ivf_pq"
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"
 PLAN_FILE = "plan.json"
-_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 _TUNE_K = 10
 _TUNE_QUERIES = 256
@@ -96,7 +98,8 @@ def plan_index(count: int, dim: int, config: IndexConfig = IndexConfig()) -> Ind
         return IndexPlan(HNSW, f"HNSW{m}", count * (4 * dim + 8 * m))
     nlist = _nlist(count)
     if not _pq_sizes(dim):
-        raise ValueError(f"a compressed index needs an even dimension, not {dim}: raise --max-index-memory so an exact or HNSW index fits")
+        raise ValueError(f"a compressed index needs an even dimension, not {dim}: "
+                         "raise --max-index-memory so an exact or HNSW index fits")
     for m in _pq_sizes(dim):
         estimated = count * (m // 2 + 8) + nlist * dim * 4
         if estimated <= budget:
@@ -172,7 +175,8 @@ class AnnIndex:
         report.build_seconds = time.perf_counter() - started
         return built
 
-    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, ids) per query row; ``allowed`` restricts hits to those ids.
 
         Ids are -1 (and similarities -inf) where fewer than ``k`` vectors qualify.
@@ -308,7 +312,10 @@ def _rerank(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarray, k:
 def _top_k(similarities: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     count = similarities.shape[1]
     take = min(k, count)
-    part = np.argpartition(-similarities, take - 1, axis=1)[:, :take] if take < count else np.tile(np.arange(count), (len(similarities), 1))
+    if take < count:
+        part = np.argpartition(-similarities, take - 1, axis=1)[:, :take]
+    else:
+        part = np.tile(np.arange(count), (len(similarities), 1))
     part_similarities = np.take_along_axis(similarities, part, axis=1)
     order = np.argsort(-part_similarities, axis=1, kind="stable")
     best = np.take_along_axis(part, order, axis=1)

@@ -20,7 +20,9 @@ from mmdata.score.model import ModelSpec, file_sha256, resolve_model
 
 # Provenance fields that identify the weights (as ``mmdata score`` checks when adding to tables),
 # and the ModelSpec attribute holding each.
-IDENTITY_FIELDS = {"model_config_sha256": "config_sha256", "weights": "weights", "checkpoint_sha256": "checkpoint_sha256"}
+IDENTITY_FIELDS = {
+    "model_config_sha256": "config_sha256", "weights": "weights", "checkpoint_sha256": "checkpoint_sha256",
+}
 
 
 class ModelMismatchError(ValueError):
@@ -76,7 +78,9 @@ def same_model(spec: ModelSpec, provenance: dict) -> bool:
     return spec.weights != "tag" or spec.pretrained == provenance.get("pretrained")
 
 
-def match_query_model(model: str, pretrained: str | None, records: dict[str, dict], default_id: str) -> tuple[str, ModelSpec]:
+def match_query_model(
+    model: str, pretrained: str | None, records: dict[str, dict], default_id: str
+) -> tuple[str, ModelSpec]:
     """The user named a model for the query: it must be one that made stored embeddings.
 
     ``records`` maps scored model ids to their provenance; returns the matching id and the spec.
@@ -104,7 +108,8 @@ class QueryEncoder:
 
         self.clip = load_clip(spec, device="cpu", precision="fp32")
         if self.clip.embed_dim != provenance.get("embed_dim", self.clip.embed_dim):
-            raise ModelMismatchError(f"loaded model gives {self.clip.embed_dim}-d vectors, stored ones are {provenance['embed_dim']}-d")
+            raise ModelMismatchError(f"loaded model gives {self.clip.embed_dim}-d vectors, "
+                                     f"stored ones are {provenance['embed_dim']}-d")
 
     @classmethod
     def for_provenance(cls, provenance: dict, spec: ModelSpec) -> "QueryEncoder":
@@ -126,7 +131,8 @@ class QueryEncoder:
             with Image.open(source) as opened:
                 pixels = self.clip.preprocess(opened.convert("RGB"))
         except (OSError, ValueError) as error:
-            raise ValueError(f"query image {image if not isinstance(image, bytes) else '<bytes>'} cannot be read: {error}") from error
+            name = image if not isinstance(image, bytes) else "<bytes>"
+            raise ValueError(f"query image {name} cannot be read: {error}") from error
         return self.clip.encode_images(pixels.unsqueeze(0)).cpu().numpy()[0]
 
 

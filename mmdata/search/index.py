@@ -9,6 +9,9 @@ A build writes a new version folder, then renames ``index.json`` over the old on
 removes older versions; readers follow ``index.json``, so they never see half an index. The
 fingerprint covers the score tables and metadata files the index was built from (names, sizes,
 mtimes): a build whose fingerprint and settings match the committed ones does nothing.
+
+Reading each shard's embeddings and metadata rows is one task on the executor (``execution``, or the
+flat ``executor``/``workers``/``ray_address``); the faiss build itself runs in this process.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.atomic import write_json, write_parquet
+from mmdata.execution import Execution, ExecutionConfig, StageProgress, sized, using
+from mmdata.schemas import align_table
+from mmdata.schemas.index import ROWS_SCHEMA
 from mmdata.score import store
 from mmdata.search.ann import AnnIndex, IndexConfig, parse_memory
 
@@ -35,19 +42,6 @@ INDEX_DIR = "index"
 MARKER = "index.json"
 ROWS_FILE = "rows.parquet"
 KINDS = ("image", "text")
-
-# What a hit shows: one row per indexed vector, in index id order.
-ROWS_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("caption", pa.string()),
-        pa.field("url", pa.string()),
-        pa.field("tar_offset", pa.int64()),
-        pa.field("tar_size", pa.int64()),
-    ],
-    metadata={"mmdata.schema": "index.rows/1"},
-)
 
 
 @dataclass(frozen=True)
@@ -92,12 +86,20 @@ def build_index(
     max_index_memory: str | int | None = None,
     force: bool = False,
     config: IndexConfig | None = None,
+    execution: Execution = None,
+    executor: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> IndexInfo:
     """Build (or keep, when current) the index of ``kind`` embeddings of ``model`` (default: the
     default scored model). ``max_index_memory`` ("2GB") bounds the index's RAM and so picks its kind;
-    without it a rebuild keeps the committed index's settings. Changed settings also rebuild."""
-    from mmdata.table import read_embeddings, read_table
-
+    without it a rebuild keeps the committed index's settings. Changed settings also rebuild.
+    ``execution`` (or ``executor``/``workers``/``ray_address``) runs the per-shard reads; none is
+    started when the committed index is current."""
+    flat = ExecutionConfig.from_options({"executor": executor, "workers": workers, "ray_address": ray_address})
+    if flat is not None and execution is not None:
+        raise ValueError("pass execution= or executor/workers/ray_address, not both")
+    execution = flat or execution
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     root = Path(root)
@@ -116,11 +118,10 @@ def build_index(
     if current is not None and not force and current.fingerprint == fingerprint and (same_settings or not asked):
         return current
 
-    keys, vectors = read_embeddings(root, kind=kind, model=model_id)
-    if not keys:
+    rows, vectors = _gather_embeddings(root, model_id, kind, execution)
+    if not rows.num_rows:
         raise ValueError(f"{root} has no {kind} embeddings of {model_id}: score it without --no-embeddings first")
     ann = AnnIndex.build(vectors, config)
-    rows = _rows_for(read_table(root, columns=list(ROWS_SCHEMA.names)), keys)
     version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     version_dir = folder / version
     ann.save(version_dir)
@@ -130,7 +131,7 @@ def build_index(
         "version": version,
         "model_id": model_id,
         "kind": kind,
-        "count": len(keys),
+        "count": rows.num_rows,
         "fingerprint": fingerprint,
         "provenance": provenance,
         "report": asdict(ann.report),
@@ -172,14 +173,59 @@ def embeddings_fingerprint(root: str | os.PathLike, model_id: str, kind: str) ->
     return digest.hexdigest()
 
 
-def _rows_for(metadata: pa.Table, keys: list[str]) -> pa.Table:
-    """The metadata rows of ``keys``, in that order (keys without a metadata row keep nulls)."""
+@dataclass
+class ShardEmbeddings:
+    """One shard's stored embeddings of one kind, as stored (float16), and the index rows of their samples."""
+
+    shard: str
+    rows: pa.Table  # ROWS_SCHEMA, one row per vector
+    vectors: np.ndarray  # [rows, dim]
+
+
+def read_shard_embeddings(root: str, model_id: str, kind: str, shard: str) -> ShardEmbeddings:
+    """The task of one shard: its samples that have a ``kind`` embedding, with their metadata rows."""
+    column = f"{kind}_embedding"
+    scores = pq.read_table(store.score_path(root, model_id, shard), columns=["key", column])
+    scores = scores.filter(pc.is_valid(scores.column(column)))
+    embeddings = scores.column(column).combine_chunks()
+    vectors = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(-1, embeddings.type.list_size)
+    metadata_path = layout.parquet_path(root, shard)
+    present = set(pq.read_schema(metadata_path).names)
+    metadata = pq.read_table(metadata_path, columns=[name for name in ROWS_SCHEMA.names if name in present - {"shard"}])
+    metadata = metadata.append_column("shard", pa.array([shard] * metadata.num_rows, pa.string()))
+    rows = _rows_for(align_table(metadata, ROWS_SCHEMA), scores.column("key").to_pylist(), shard)
+    return ShardEmbeddings(shard, rows, vectors)
+
+
+def _gather_embeddings(root: Path, model_id: str, kind: str, execution: Execution) -> tuple[pa.Table, np.ndarray]:
+    """Every complete shard's ``kind`` embeddings and index rows, in shard order."""
+    record = store.read_model_record(root, model_id) or {}
+    if not record.get("keep_embeddings", True):
+        raise ValueError(f"{model_id} was scored with --no-embeddings; "
+                         "re-score into a copy without it to get embeddings")
+    shards = [shard for shard in layout.complete_shards(root) if store.score_path(root, model_id, shard).is_file()]
+    if not shards:
+        return ROWS_SCHEMA.empty_table(), np.zeros((0, int(record.get("embed_dim", 0))), np.float16)
+    progress = StageProgress(f"index {kind}", tasks=len(shards), final_counts=_vector_counts)
+    with using(sized(execution, len(shards))) as executor, progress:
+        parts = executor.run_tasks(read_shard_embeddings, [(str(root), model_id, kind, shard) for shard in shards],
+                                   progress=progress)
+    parts.sort(key=lambda part: part.shard)  # tasks finish in any order; ids follow the shards
+    return pa.concat_tables([part.rows for part in parts]), np.concatenate([part.vectors for part in parts])
+
+
+def _vector_counts(part: ShardEmbeddings) -> tuple[str, dict[str, int]]:
+    return part.shard, {"samples": part.rows.num_rows}
+
+
+def _rows_for(metadata: pa.Table, keys: list[str], shard: str) -> pa.Table:
+    """The metadata rows of ``keys``, in that order; a key without one is an error."""
     key_array = pa.array(keys, pa.string())
     positions = pc.index_in(key_array, value_set=metadata.column("key").combine_chunks())
     if positions.null_count:
         missing = pc.filter(key_array, pc.is_null(positions)).to_pylist()[:5]
-        raise ValueError(f"embeddings without a metadata row (e.g. {missing}): is a shard's parquet missing?")
-    return metadata.take(positions).select(ROWS_SCHEMA.names)
+        raise ValueError(f"shard {shard}: embeddings without a metadata row (e.g. {missing}): is its parquet stale?")
+    return metadata.take(positions)
 
 
 def _info(folder: Path, marker: dict, *, rebuilt: bool) -> IndexInfo:

@@ -3,7 +3,8 @@
 Text queries search image embeddings (text → image), image queries image embeddings (image → image),
 and ``kind="text"`` searches caption embeddings instead (e.g. image → caption). A key query uses that
 sample's stored embedding of the searched kind (its neighbours; the sample itself comes first). The
-index is built on first use and rebuilt when the embeddings changed (:func:`build_index`).
+index is built on first use and rebuilt when the embeddings changed (:func:`build_index`), in this
+process: a query starts no executor (``mmdata index`` reads the shards in parallel).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def search(
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
     model_id, spec_override = _choose_model(root, model, pretrained)
-    info = build_index(root, kind=kind, model=model_id, max_index_memory=max_index_memory)
+    info = build_index(root, kind=kind, model=model_id, max_index_memory=max_index_memory, executor="inline")
     loaded = load_index(info)
 
     if key is not None:

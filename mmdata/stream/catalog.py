@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from mmdata.stream.index import shard_members
 from mmdata.stream.source import LocalSource, Source, SourceError
+from mmdata.table import read_table
 
 CORE_COLUMNS = ("key", "shard", "tar_offset", "tar_size")
 
@@ -41,7 +42,9 @@ def list_shards(source: Source) -> list[str]:
     if names is not None:
         shards = sorted(name[: -len("_stats.json")] for name in names if "/" not in name)
         if not shards:
-            raise ValueError(f"{source.location} holds no complete shard (no NNNNN_stats.json): is it a dataset folder?")
+            raise ValueError(
+                f"{source.location} holds no complete shard (no NNNNN_stats.json): is it a dataset folder?"
+            )
         return shards
     try:
         manifest = json.loads(source.read_file("manifest.json"))
@@ -144,7 +147,9 @@ def _view_samples(source: Source, view: pa.Table, shards: list[str], metadata: _
         selected = view.select(list(CORE_COLUMNS)).cast(_empty().schema)
         unknown = set(pc.unique(selected.column("shard")).to_pylist()) - set(shards)
         if unknown:
-            raise ValueError(f"the view names shards that the dataset does not hold (or not complete): {sorted(unknown)[:5]}")
+            raise ValueError(
+                f"the view names shards that the dataset does not hold (or not complete): {sorted(unknown)[:5]}"
+            )
         return selected
     everything = _all_samples(shards, metadata)
     wanted = view.select(["key"]).cast(pa.schema([pa.field("key", pa.string())]))
@@ -179,8 +184,6 @@ def _column_values(source: Source, shards: list[str], columns: list[str], metada
             f"columns {columns} are not all in the shard metadata of {source.location}; "
             "score and annotation columns are read for local datasets only"
         )
-    from mmdata.table import read_table  # light: pyarrow and the score store only
-
     try:
         table = read_table(source.root, columns=["key", *columns])
     except ValueError as error:

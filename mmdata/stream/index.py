@@ -19,32 +19,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmdata.atomic import write_parquet
+from mmdata.schemas.member_index import MEMBER_SCHEMA
 from mmdata.schemas.samples import SUCCESS
-from mmdata.shards import ShardFormatError, split_member_name
+from mmdata.shards import ShardFormatError, check_member
 from mmdata.stream.source import Source
 
-MEMBER_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("tar_offset", pa.int64(), nullable=False),
-        pa.field("tar_size", pa.int64(), nullable=False),
-    ],
-    metadata={"mmdata.schema": "stream.members/1"},
-)
 BLOCK = tarfile.BLOCKSIZE
 
 
 def scan_members(tar_bytes: bytes | io.BufferedIOBase) -> pa.Table:
-    """Byte ranges of the samples in a tar, found by reading its headers in order."""
+    """Byte ranges of the samples in a tar, found by reading its headers in order. A member the safe
+    reader would refuse (:func:`mmdata.shards.check_member`) refuses the whole tar: it is hostile."""
     fileobj = io.BytesIO(tar_bytes) if isinstance(tar_bytes, (bytes, bytearray)) else tar_bytes
     keys, offsets, ends = [], [], []
     with tarfile.open(fileobj=fileobj, mode="r|") as archive:
         for info in archive:
             if info.isdir():
                 continue
-            if not info.isreg():
-                raise ShardFormatError(f"member {info.name!r} is not a regular file (link or device)")
-            key, _ = split_member_name(info.name)
+            key, _ = check_member(info.name, info.size, regular=info.isreg())
             end = info.offset_data + -(-info.size // BLOCK) * BLOCK
             if keys and keys[-1] == key:
                 ends[-1] = end
@@ -82,6 +74,9 @@ def _scanned_members(source: Source, shard: str) -> pa.Table:
     cached = cache_dir() / f"{token}.parquet"
     if cached.exists():
         return pq.read_table(cached, schema=MEMBER_SCHEMA)
-    members = scan_members(source.read_file(name))
+    try:
+        members = scan_members(source.read_file(name))
+    except (ShardFormatError, tarfile.TarError) as error:
+        raise ShardFormatError(f"{source.location}/{name}: cannot index its samples: {error}") from error
     write_parquet(members, cached, MEMBER_SCHEMA)
     return members

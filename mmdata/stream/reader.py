@@ -4,7 +4,6 @@ exact samples it cost."""
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from dataclasses import dataclass
@@ -12,11 +11,10 @@ from typing import Iterator, TypeVar
 
 import numpy as np
 
-from mmdata.shards import MAX_MEMBER_BYTES, UNSAFE_EXTENSIONS, ShardFormatError, iter_samples, split_member_name
+from mmdata.shards import ShardFormatError, check_member, is_pickle_like, samples_in_range
 from mmdata.stream.source import RangeNotSupported, Source
 
 MAX_RUN_BYTES = 4 * 1024 * 1024
-TAR_END = b"\0" * 1024
 T = TypeVar("T")
 
 
@@ -92,7 +90,7 @@ def _parse_one(shard: str, key: str, piece: bytes, size: int) -> dict[str, bytes
     if len(piece) < size:
         return StreamError(shard, key, f"truncated shard: {len(piece)} of {size} bytes present")
     try:
-        samples = list(iter_samples(io.BytesIO(piece + TAR_END)))
+        samples = samples_in_range(piece)
     except Exception as error:  # noqa: BLE001 - reported per sample, raised or counted by the caller
         return StreamError(shard, key, f"corrupt tar data: {error}")
     if len(samples) != 1 or samples[0][0] != key:
@@ -105,7 +103,7 @@ def parse_plain_ustar(blob: bytes, keys: list[str]) -> list[dict[str, bytes]] | 
     """Fast path for the common case: plain ustar regular-file members (what ShardWriter writes),
     grouped as ``keys``. Anything else (long names, pax headers, links, bad checksums, another
     grouping) returns ``None`` and is left to the general safe reader, which accepts or refuses it.
-    Keeps that reader's rules: no path escapes, a size cap, pickle-like members dropped."""
+    A member :func:`mmdata.shards.check_member` refuses is left to it too; pickle-like members are dropped."""
     samples: list[dict[str, bytes]] = []
     current_key = None
     position, end = 0, len(blob)
@@ -126,17 +124,14 @@ def parse_plain_ustar(blob: bytes, keys: list[str]) -> list[dict[str, bytes]] | 
             if prefix:
                 name = prefix + b"/" + name
         try:
-            text = name.decode("utf-8")
-            key, extension = split_member_name(text)
+            key, extension = check_member(name.decode("utf-8"), size)
         except (UnicodeDecodeError, ShardFormatError):
-            return None
-        if size > MAX_MEMBER_BYTES or text.startswith("/") or ".." in text.split("/") or "\\" in text:
             return None
         start = position + 512
         position = start + -(-size // 512) * 512
         if start + size > end:
             return None
-        if extension.rsplit(".", 1)[-1].lower() in UNSAFE_EXTENSIONS:
+        if is_pickle_like(extension):
             continue
         if key != current_key:
             if len(samples) == len(keys) or keys[len(samples)] != key:

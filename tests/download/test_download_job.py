@@ -57,7 +57,7 @@ ROUTES = [
 ]
 OPTIONS = dict(
     allow_network=["127.0.0.1/32"], timeout=1.0, retries=1, backoff_base=0.05, max_bytes=2_000_000,
-    min_image_size=16, image_size=64, user_agent_token="mmdatatest", workers=2, threads=8,
+    min_image_size=16, image_size=64, user_agent_token="mmdatatest", threads=8,
 )
 
 
@@ -80,7 +80,7 @@ def test_every_route_becomes_the_right_row(http_server, ray_local, tmp_path, inp
 
     manifest = mmdata.download(
         input=source, output_dir=output, shard_size=shard_size, save_additional_columns=["source_id"],
-        executor=executor, **OPTIONS
+        executor=executor, workers=2, **OPTIONS
     )
 
     by_key, samples = check_dataset(output, rows, shard_size)
@@ -126,6 +126,26 @@ def test_shard_is_written_in_input_order_with_sha256_of_the_body(http_server, tm
     stored = list(iter_samples(layout.tar_path(tmp_path / "out", 3)))
     assert [key for key, _ in stored] == table["key"].to_pylist()
     assert [members.get("txt") for _, members in stored] == [None if c is None else c.encode() for c in captions]
+
+
+def test_progress_counts_each_failure_class_and_agrees_with_the_stats(http_server, tmp_path):
+    """The live counts a shard reports: samples, successes and one ``failed:<class>`` per failure
+    class, cumulative, ending where the committed stats are."""
+    config = DownloadConfig.from_options(input=tmp_path, output_dir=tmp_path / "out", shard_size=10, **OPTIONS)
+    urls = [http_server.url("/img/progress-a.jpg?w=40&h=40"), http_server.url("/status/404"), "",
+            http_server.url("/html"), http_server.url("/status/404"), http_server.url("/img/progress-b.jpg?w=40&h=40")]
+    reports = []
+    stats = download_shard(config, 0, pa.table({"url": urls, "caption": ["c"] * len(urls)}),
+                           lambda counts, force=False: reports.append((dict(counts), force)))
+
+    final = {"samples": 6, "successes": 2, "failed:http_404": 2, "failed:empty_url": 1, "failed:not_an_image": 1}
+    assert reports[-1] == (final, True)
+    assert reports[2][0] == {"samples": 3, "successes": 1, "failed:http_404": 1, "failed:empty_url": 1}
+    for counts, _ in reports:
+        failures = sum(n for name, n in counts.items() if name.startswith("failed:"))
+        assert counts["successes"] + failures == counts["samples"]
+    assert stats["error_classes"] == {name.removeprefix("failed:"): n for name, n in final.items() if ":" in name}
+    assert (stats["count"], stats["successes"]) == (final["samples"], final["successes"])
 
 
 def test_fetching_stays_a_bounded_window_ahead_of_decoding(http_server, tmp_path):

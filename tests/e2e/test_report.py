@@ -6,9 +6,9 @@ import io
 from PIL import Image
 
 from browser import open_report, require_chromium
-from mmdata.dataset import ShardOutput
 from mmdata.layout import sample_key, sample_uid
 from mmdata.report.html import SECTIONS, write_report
+from mmdata.shard_output import ShardOutput
 
 
 def _downloaded_dataset(root, samples=12):

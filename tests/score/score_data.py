@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmdata import layout
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 

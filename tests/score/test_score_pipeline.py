@@ -10,10 +10,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from mmdata import layout
-from mmdata.dataset import ShardOutput
 from mmdata.schemas.scores import PROVENANCE_KEY
 from mmdata.score.model import load_clip
 from mmdata.score.pipeline import ShardScorer
+from mmdata.shard_output import ShardOutput
 from mmdata.shards import iter_samples
 from score_data import build_dataset, image_bytes, reference_scores
 

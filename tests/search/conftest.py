@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mmdata import layout
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 from mmdata.synthetic import COLOURS, SHAPES, Scene, draw_scene, encode
 
 TRAIN_STEPS = 300
@@ -92,7 +92,8 @@ def write_shapes_dataset(root: Path, *, shards: int = 2) -> dict[str, str]:
                 url = f"http://127.0.0.1/{key}.png"
                 data = encode(draw_scene(scene, IMAGE_PX, IMAGE_PX, rng), "png")
                 output.add(
-                    {"key": key, "uid": layout.sample_uid(url, caption), "url": url, "caption": caption, "status": "success"},
+                    {"key": key, "uid": layout.sample_uid(url, caption), "url": url, "caption": caption,
+                     "status": "success"},
                     {"png": data, "txt": caption.encode(), "json": json.dumps({"key": key}).encode()},
                 )
                 captions[key] = caption

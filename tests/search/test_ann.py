@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from mmdata.search.ann import FLAT, HNSW, IVF_PQ, AnnIndex, IndexConfig, normalise, parse_memory, plan_index, recall_at_k
+from mmdata.search.ann import (
+    FLAT,
+    HNSW,
+    IVF_PQ,
+    AnnIndex,
+    IndexConfig,
+    normalise,
+    parse_memory,
+    plan_index,
+    recall_at_k,
+)
 from mmdata.search.clustered import clustered_embeddings
 
 
@@ -32,7 +42,9 @@ def test_tighter_budget_gives_coarser_codes_then_refuses():
         plan_index(1_000_000, 512, IndexConfig(max_index_memory=10**6))
 
 
-@pytest.mark.parametrize("text, size", [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("300m", 300 * 10**6), (1234, 1234)])
+@pytest.mark.parametrize(
+    "text, size", [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("300m", 300 * 10**6), (1234, 1234)]
+)
 def test_parse_memory(text, size):
     assert parse_memory(text) == size
 
@@ -81,8 +93,8 @@ def test_approximate_index_reaches_target_recall(clustered, tmp_path, config, ki
 def test_allowed_ids_restrict_hits(clustered, config, subset_size):
     """Small subsets are scanned exactly; large ones go through the index with an id selector."""
     vectors, queries = clustered
-    index = AnnIndex.build(vectors, IndexConfig(**{**config.__dict__, "exact_max_vectors": min(config.exact_max_vectors, 1000),
-                                                   "exact_subset_max": 1000}))
+    small = {"exact_max_vectors": min(config.exact_max_vectors, 1000), "exact_subset_max": 1000}
+    index = AnnIndex.build(vectors, IndexConfig(**{**config.__dict__, **small}))
     allowed = np.random.default_rng(3).choice(len(vectors), subset_size, replace=False)
     similarities, ids = index.search(queries[:20], 10, allowed=allowed)
     assert np.isin(ids, allowed).all()

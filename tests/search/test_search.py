@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,7 @@ from mmdata.cli import main
 from mmdata.schemas.views import VIEW_SCHEMA
 from mmdata.score import store
 from mmdata.search.encode import ModelMismatchError
-from mmdata.search.index import build_index, read_index_info
+from mmdata.search.index import build_index, load_index, read_index_info
 
 # Measured on the 48-scene shapes dataset with the 300-step model, over runs: recall@1 0.21-0.46,
 # recall@5 0.79-0.98 (chance: 0.02 and 0.10; CPU training is not bit-reproducible across runs).
@@ -61,7 +62,8 @@ def test_view_restricts_hits(shapes_dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(shapes_dataset.root, root)
     red = sorted(key for key, caption in shapes_dataset.captions.items() if " red " in caption)
-    write_parquet(pa.table({"key": red, "shard": [key[:5] for key in red]}), layout.views_dir(root) / "red.parquet", VIEW_SCHEMA)
+    view = pa.table({"key": red, "shard": [key[:5] for key in red]})
+    write_parquet(view, layout.views_dir(root) / "red.parquet", VIEW_SCHEMA)
     hits = mmdata.search(root, text="a blue circle", k=10, view="red")
     assert len(hits) == len(red) and sorted(hit.key for hit in hits) == red
     unrestricted = mmdata.search(root, text="a blue circle", k=10)
@@ -72,7 +74,8 @@ def test_view_restricts_hits(shapes_dataset, tmp_path):
 
 def test_index_rebuilt_only_when_embeddings_change(shapes_dataset, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(shapes_dataset.root, root, ignore=shutil.ignore_patterns("index"))  # not the index other tests built
+    # not the index other tests built
+    shutil.copytree(shapes_dataset.root, root, ignore=shutil.ignore_patterns("index"))
     first = build_index(root)
     assert first.rebuilt and first.report["plan"]["kind"] == "flat" and first.count == len(shapes_dataset.captions)
     again = build_index(root)
@@ -91,10 +94,26 @@ def test_index_rebuilt_only_when_embeddings_change(shapes_dataset, tmp_path):
     assert not build_index(root).rebuilt  # a plain call (as search makes) keeps the committed settings
 
 
+def test_index_is_the_same_whichever_executor_reads_the_shards(shapes_dataset, tmp_path):
+    built = {}
+    for executor in ("inline", "processes"):
+        root = tmp_path / executor
+        shutil.copytree(shapes_dataset.root, root, ignore=shutil.ignore_patterns("index"))
+        loaded = load_index(build_index(root, executor=executor, workers=2))
+        built[executor] = loaded.rows, np.asarray(loaded.ann.vectors)
+    (rows, vectors), (pool_rows, pool_vectors) = built["inline"], built["processes"]
+    assert rows.equals(pool_rows) and np.array_equal(vectors, pool_vectors)
+    keys = rows.column("key").to_pylist()
+    assert keys == sorted(shapes_dataset.captions)  # ids follow the shards, whichever task finished first
+    assert rows.column("caption").to_pylist() == [shapes_dataset.captions[key] for key in keys]
+    assert set(rows.column("shard").to_pylist()) == {"00000", "00001"}
+
+
 def test_query_with_another_model_is_refused(shapes_dataset, tmp_path):
     from mmdata.score.model import tiny_model_config, write_model_config
 
-    other = write_model_config(tmp_path / "other.json", tiny_model_config(embed_dim=32, image_size=32, width=64, layers=3))
+    other_config = tiny_model_config(embed_dim=32, image_size=32, width=64, layers=3)
+    other = write_model_config(tmp_path / "other.json", other_config)
     with pytest.raises(ModelMismatchError, match="differs from the model that made these embeddings"):
         mmdata.search(shapes_dataset.root, text="a red circle", model=str(other))
     # the right architecture with random weights is another model too

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mmdata import layout
-from mmdata.dataset import ShardOutput
+from mmdata.shard_output import ShardOutput
 
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 60, 210), (230, 210, 30)]
 
@@ -17,9 +17,12 @@ def tiny_jpeg(index: int, size: int = 8) -> bytes:
     return buffer.getvalue()
 
 
-def make_dataset(root, shard_sizes, *, failures_every: int = 0, image_size: int = 8, extra=None) -> list[str]:
+def make_dataset(
+    root, shard_sizes, *, failures_every: int = 0, image_size: int = 8, extra=None, image=None
+) -> list[str]:
     """Shards of ``shard_sizes`` rows; every ``failures_every``-th row is a failed download (no
-    members). Returns the stored keys in shard and row order."""
+    members). ``image(counter)`` gives a row's ``{extension: bytes}`` image member (default: a JPEG).
+    Returns the stored keys in shard and row order."""
     stored = []
     shard_size = max(max(shard_sizes), 2)
     counter = 0
@@ -33,7 +36,8 @@ def make_dataset(root, shard_sizes, *, failures_every: int = 0, image_size: int 
                 if failures_every and counter % failures_every == failures_every - 1:
                     output.add({**record, "status": "failed_to_download", "error_message": "404"})
                 else:
-                    members = {"jpg": tiny_jpeg(counter, image_size), "txt": f"caption {key}".encode(), "json": b"{}"}
+                    picture = image(counter) if image else {"jpg": tiny_jpeg(counter, image_size)}
+                    members = {**picture, "txt": f"caption {key}".encode(), "json": b"{}"}
                     output.add({**record, "status": "success"}, members)
                     stored.append(key)
                 counter += 1

@@ -1,11 +1,16 @@
 """Shards without byte offsets in their metadata (img2dataset's) get a member index by scanning the
 tar once (cached); any fsspec filesystem is a source."""
 
+import io
+import tarfile
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 import mmdata
 from mmdata import layout
+from mmdata.shards import ShardFormatError
 from mmdata.stream.index import scan_members
 
 
@@ -41,3 +46,32 @@ def test_fsspec_memory_filesystem(dataset_factory):
     items = list(mmdata.stream("memory://streamtest", shuffle=False, columns=["quality"]))
     assert [item["key"] for item in items] == keys
     assert items[0]["image"].size == (8, 8) and items[0]["quality"] == 0.0
+
+
+def hostile_tar(path, kind: str) -> None:
+    """A tar whose second sample has a member the safe reader refuses."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, payload in (("good.jpg", b"x"), ("good.txt", b"c")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+        info = tarfile.TarInfo({"dotdot": "../outside/bad.jpg", "symlink": "bad.jpg", "huge": "bad.jpg"}[kind])
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        if kind == "huge":
+            info.size = 10**12  # declared only: a scan that skipped the body would seek a terabyte
+            archive.fileobj.write(info.tobuf(tarfile.GNU_FORMAT))  # base-256 size field
+            return
+        archive.addfile(info, io.BytesIO(b""))
+
+
+@pytest.mark.parametrize("kind, reason", [("dotdot", "escapes the archive"), ("symlink", "not a regular file"),
+                                          ("huge", "over the .* limit")])
+def test_scan_refuses_what_the_safe_reader_refuses_naming_the_tar(dataset_factory, tmp_path, monkeypatch, kind, reason):
+    monkeypatch.setenv("MMDATA_CACHE", str(tmp_path / "cache"))
+    root, keys = dataset_factory([2])
+    strip_offsets(root)
+    hostile_tar(layout.tar_path(root, 0), kind)
+    with pytest.raises(ShardFormatError, match=f"00000.tar: cannot index its samples: .*{reason}"):
+        mmdata.stream(root)
+    assert not (tmp_path / "outside").exists()

@@ -1,6 +1,7 @@
 """mmdata.stream through real DataLoaders: exactly once per epoch across ranks and workers,
 deterministic order, views, equal rank counts, metadata columns, and corrupt shards."""
 
+import io
 import warnings
 
 import pyarrow as pa
@@ -177,7 +178,7 @@ def test_score_and_annotation_columns(dataset_factory):
     for shard in layout.complete_shards(root):
         shard_keys = [k for k in keys if k.startswith(shard)]
         scores = pa.table({"key": shard_keys, "clip_score": [int(k) / 1000 for k in shard_keys]})
-        write_parquet(scores, store.score_path(root, "tiny", shard), score_schema(None))
+        write_parquet(scores, layout.score_path(root, "tiny", shard), score_schema(None))
     store.write_model_record(root, "tiny", {"model": "tiny"})
     dedup = pa.table({"key": keys[:2], "duplicate_of": [None, keys[0]]})
     write_parquet(dedup, layout.annotations_dir(root) / "dedup.parquet", DEDUP_SCHEMA)
@@ -211,3 +212,29 @@ def test_empty_folder_is_refused_and_empty_dataset_streams_nothing(dataset_facto
     dataset = mmdata.stream(root)
     assert keys == [] and len(dataset) == 0 and list(dataset) == []
     assert list(dataset.loader(batch_size=2, num_workers=1)) == []
+
+
+# Every image extension of mmdata.schemas.members, as img2dataset or webdataset write them; "PNG"
+# checks that extensions are matched in lower case. AVIF is lossy even at one colour.
+IMAGE_FORMATS = [("gif", "GIF"), ("bmp", "BMP"), ("tiff", "TIFF"), ("tif", "TIFF"), ("webp", "WEBP"),
+                 ("avif", "AVIF"), ("PNG", "PNG"), ("jpeg", "JPEG")]
+
+
+def encoded(colour, pil_format: str) -> bytes:
+    buffer = io.BytesIO()
+    lossless = {"lossless": True} if pil_format == "WEBP" else {}
+    Image.new("RGB", (8, 8), colour).save(buffer, format=pil_format, **lossless)
+    return buffer.getvalue()
+
+
+def test_every_image_extension_streams_as_rgb(dataset_factory):
+    colour = (30, 60, 210)
+    formats = IMAGE_FORMATS
+    root, keys = dataset_factory([len(formats)], image=lambda row: {formats[row][0]: encoded(colour, formats[row][1])})
+    items = list(mmdata.stream(root, shuffle=False, decode="pil"))
+    assert [item["key"] for item in items] == keys
+    for (extension, _), item in zip(formats, items):
+        image = item["image"]
+        assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (8, 8), extension
+        tolerance = 0 if extension in ("gif", "bmp", "tiff", "tif", "webp", "PNG") else 8
+        assert all(abs(a - b) <= tolerance for a, b in zip(image.getpixel((3, 3)), colour)), extension
