@@ -103,89 +103,44 @@ def seed_view_complete(*, dataset: str, view: str = "seed", **_) -> bool:
 
 # -- the filter network -----------------------------------------------------------------------------
 
-def train_stage(*, dataset: str, output: str, view: str | None = None, seconds: float = 100.0,
-                min_steps: int = 0, max_steps: int | None = None, batch_size: int = 64,
-                learning_rate: float = 2e-3, seed: int = 0, num_workers: int = 1,
-                vision_layers: int = 3, text_layers: int = 2) -> dict:
-    """Train a tiny open_clip model with ClipLoss, streaming ``dataset`` (or a view of it), for
-    ``seconds`` but at least ``min_steps`` and at most ``max_steps`` steps; write the model config
-    (what ``mmdata score --model`` takes) and ``output/checkpoint.pt`` (``--pretrained``)."""
+def train_stage(*, dataset: str, output: str, view: str | None = None, steps: int, max_seconds: float | None = None,
+                batch_size: int = 64, learning_rate: float = 2e-3, warmup_steps: int = 20, seed: int = 0,
+                num_workers: int = 1, threads: int = 1, vision_layers: int = 3, text_layers: int = 2) -> dict:
+    """Train a tiny open_clip model with ClipLoss for ``steps`` steps, streaming ``dataset`` (or a view of
+    it), with :func:`mmdata.training.train_clip`; write the model config (what ``mmdata score --model``
+    takes) and ``output/checkpoint.pt`` (``--pretrained``). ``max_seconds`` may stop it early, with a warning."""
     import open_clip
     import torch
-    from open_clip.loss import ClipLoss
 
     from mmdata.score.model import tiny_model_config, write_model_config
     from mmdata.stream.dataset import stream
+    from mmdata.training import TrainConfig, seed_everything, train_clip
 
-    if seconds < 0 or min_steps < 0 or batch_size < 2 or (max_steps is not None and max_steps < max(1, min_steps)):
-        raise ValueError("need seconds >= 0, batch_size >= 2 and 0 <= min_steps <= max_steps (max_steps >= 1)")
+    config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                         seed=seed, num_workers=num_workers, threads=threads, max_seconds=max_seconds)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    config = tiny_model_config(context_length=32, layers=text_layers)
-    config["vision_cfg"]["layers"] = vision_layers
-    config_path = write_model_config(output / f"{MODEL_NAME}.json", config)
+    model_config = tiny_model_config(context_length=32, layers=text_layers)
+    model_config["vision_cfg"]["layers"] = vision_layers
+    config_path = write_model_config(output / f"{MODEL_NAME}.json", model_config)
     open_clip.add_model_config(config_path)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model, preprocess_train, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     data = stream(dataset, view=view, seed=seed, image_transform=preprocess_train)
-    loader = data.loader(batch_size=batch_size, num_workers=num_workers, collate_fn=_collate(tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
-    loss_fn = ClipLoss()
-    if len(data) < 2:
-        raise ValueError(f"{dataset} (view {view!r}) holds {len(data)} samples: a contrastive model needs at least 2")
-    model.train()
-    started, steps, epoch, losses = time.perf_counter(), 0, 0, []
-
-    def finished() -> bool:
-        if max_steps is not None and steps >= max_steps:
-            return True
-        return steps >= max(1, min_steps) and time.perf_counter() - started >= seconds
-
-    while not finished():
-        data.set_epoch(epoch)
-        for images, tokens in loader:
-            if len(images) < 2:
-                continue  # a contrastive loss needs a negative
-            warmup = min(1.0, (steps + 1) / 20)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate * warmup
-            image_features, text_features, logit_scale = model(images, tokens)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            losses.append(loss.item())
-            if finished():
-                break
-        epoch += 1
+    result = train_clip(model, data, open_clip.get_tokenizer(MODEL_NAME), config)
     checkpoint = output / "checkpoint.pt"
     with atomic_file(checkpoint) as handle:
         torch.save(model.state_dict(), handle)
-    summary = {"steps": steps, "epochs": epoch, "samples_per_epoch": len(data), "seconds": round(time.perf_counter() - started, 1),
-               "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-5:])) if losses else None,
-               "model": str(config_path), "checkpoint": str(checkpoint)}
+    summary = {**result.summary(), "model": str(config_path), "checkpoint": str(checkpoint)}
     write_json(output / "train.json", summary)
-    print(f"  trained {steps} steps ({epoch} epochs of {len(data)}) in {summary['seconds']} s, "
-          f"loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}", flush=True)
+    early = f", STOPPED EARLY by the {max_seconds} s time cap (of {steps} steps)" if result.stopped_early else ""
+    print(f"  trained {result.steps} steps ({summary['epochs']} epochs of {len(data)}) in {summary['seconds']} s"
+          f"{early}, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}", flush=True)
     return summary
 
 
 def train_complete(*, output: str, **_) -> bool:
     return (Path(output) / "checkpoint.pt").exists() and (Path(output) / "train.json").exists()
-
-
-class _collate:
-    """Images stacked, captions tokenized: a batch for ``model(images, tokens)``."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, items: list[dict]):
-        import torch
-
-        return torch.stack([item["image"] for item in items]), self.tokenizer([item["caption"] for item in items])
 
 
 # -- the scorecard ----------------------------------------------------------------------------------
@@ -336,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmdata.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="demo-output", help="where the corpus, datasets and report go")
     parser.add_argument("--samples", type=int, help="rows in the synthetic corpus (default: the pipeline's)")
-    parser.add_argument("--train-seconds", type=float, help="training time of the filter network")
+    parser.add_argument("--train-steps", type=int,
+                        help="optimizer steps of the filter network (default: the pipeline's)")
+    parser.add_argument("--train-seconds", type=float,
+                        help="time cap of the filter network's training: hitting it stops training early, with a "
+                             "warning, and the result then depends on the machine's load")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override any other var of pipelines/demo.yaml")
     arguments = parser.parse_args(argv)
@@ -346,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides["workdir"] = arguments.workdir
     if arguments.samples is not None:
         overrides["samples"] = arguments.samples
+    if arguments.train_steps is not None:
+        overrides["train_steps"] = arguments.train_steps
     if arguments.train_seconds is not None:
-        overrides["train_seconds"] = arguments.train_seconds
+        overrides["train_max_seconds"] = arguments.train_seconds
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     try:
@@ -357,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {error}", file=sys.stderr)
         return 1
     print("\nseconds per stage: " + ", ".join(f"{r.stage} {r.seconds:.0f}" for r in results if r.status == "ran"))
+    trained = [r.result for r in results if r.stage == "train" and r.status == "ran"]
+    if trained:
+        print("steps trained: " + ", ".join(f"{Path(t['checkpoint']).parent.name} {t['steps']}"
+                                            + (" (STOPPED EARLY by its time cap)" if t["stopped_early"] else "")
+                                            for t in trained))
     print(f"demo finished in {time.perf_counter() - started:.0f} s; report: {Path(arguments.workdir) / 'report.html'}")
     return 0
 

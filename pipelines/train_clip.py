@@ -5,12 +5,15 @@ with the model so that ``--resume`` continues mid-epoch with exactly the samples
         --checkpoint runs/clip.pt [--resume] [--log runs/steps.jsonl]
 
 The model is mmdata's tiny CLIP config (64 px, 2-layer towers) unless ``--model`` names an open_clip
-model or config JSON; weights start from a seeded random init.
+model or config JSON; weights start from a seeded random init. The loop is ``mmdata.training.train_clip``,
+the one the demo trains its filter network with: fixed steps, seeds and threads give the same weights
+however busy the machine is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -26,14 +29,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads: fixed, as they decide the result")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (model, optimizer, loader state)")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     parser.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step (tests)")
     parser.add_argument("--log", default=None, help="append one JSON line per step (step, epoch, loss, keys)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.checkpoint_every < 1:
-        parser.error("--steps, --batch-size and --checkpoint-every must be positive")
+    if args.steps < 1 or args.batch_size < 2 or args.checkpoint_every < 1 or args.threads < 1:
+        parser.error("--steps, --checkpoint-every and --threads must be positive, --batch-size at least 2")
     return args
 
 
@@ -45,73 +49,27 @@ def build_model(model: str | None):
     return load_clip(model, None, device="cpu")
 
 
-def save_checkpoint(path: str, model, optimizer, loader, step: int, epoch: int) -> None:
-    import torch
-
-    from mmdata.atomic import atomic_file
-
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "loader": loader.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "torch_rng": torch.get_rng_state(),
-    }
-    with atomic_file(path) as handle:
-        torch.save(state, handle)
-
-
 def train(args: argparse.Namespace) -> dict:
-    import open_clip
-    import torch
-
     import mmdata
-    from mmdata.stream.collate import clip_collate
+    from mmdata.training import StepReport, TrainConfig, train_clip
 
-    torch.manual_seed(args.seed)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                         num_workers=args.workers, threads=args.threads, checkpoint=args.checkpoint,
+                         checkpoint_every=args.checkpoint_every, resume=args.resume)
     clip = build_model(args.model)
-    model = clip.model.train()
     dataset = mmdata.stream(args.data, view=args.view, seed=args.seed, image_transform=clip.preprocess)
-    loader = dataset.loader(batch_size=args.batch_size, num_workers=args.workers, collate_fn=clip_collate(clip.tokenizer))
-    if len(loader) == 0:
-        raise ValueError(f"{args.data} (view {args.view}) holds no samples to train on")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-    loss_fn = open_clip.ClipLoss()
-    step, epoch = 0, 0
-    if args.resume and Path(args.checkpoint).exists():
-        state = torch.load(args.checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["torch_rng"])
-        step, epoch = state["step"], state["epoch"]
-    log = open(args.log, "a") if args.log else None
-    loss_value = float("nan")
-    try:
-        while step < args.steps:
-            loader.set_epoch(epoch)  # the epoch of a loaded state keeps its progress
-            for batch in loader:
-                image_features, text_features, logit_scale = model(batch["image"], batch["text"])
-                loss = loss_fn(image_features, text_features, logit_scale)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_value = loss.item()
-                if log:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_value, "keys": batch["key"]}) + "\n")
-                    log.flush()
-                stopping = step == args.stop_after
-                if step % args.checkpoint_every == 0 or stopping or step == args.steps:
-                    save_checkpoint(args.checkpoint, model, optimizer, loader, step, epoch)
-                if stopping or step == args.steps:
-                    return {"step": step, "epoch": epoch, "loss": loss_value}
-            epoch += 1
-    finally:
-        if log:
-            log.close()
-    return {"step": step, "epoch": epoch, "loss": loss_value}
+    with contextlib.ExitStack() as scope:
+        log = scope.enter_context(open(args.log, "a")) if args.log else None
+
+        def on_step(report: StepReport) -> bool:
+            if log:
+                log.write(json.dumps({"step": report.step, "epoch": report.epoch, "loss": report.loss,
+                                      "keys": report.keys}) + "\n")
+                log.flush()
+            return report.step == args.stop_after
+
+        result = train_clip(clip.model, dataset, clip.tokenizer, config, on_step=on_step)
+    return {"step": result.steps, "epoch": result.epoch, "loss": result.losses[-1] if result.losses else None}
 
 
 if __name__ == "__main__":

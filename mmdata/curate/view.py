@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.curate.rules import FilterConfig, Funnel, apply_rules, build_rules
+from mmdata.options import config_from_options
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY, VIEW_SCHEMA
 
 _VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,35 +39,18 @@ def select(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, Funnel, lis
     return selected, funnel, resolved
 
 
-def filter_view(
-    root: str | os.PathLike,
-    *,
-    view: str,
-    min_clip_score: float | None = None,
-    top_fraction: float | None = None,
-    score_model: str | None = None,
-    min_size: int | None = None,
-    max_aspect_ratio: float | None = None,
-    min_caption_words: int | None = None,
-    max_caption_words: int | None = None,
-    caption_regex: str | None = None,
-    exclude_caption_regex: str | None = None,
-    drop_duplicates: bool = False,
-    exclude_contaminated: bool = False,
-    where: str | None = None,
-) -> pa.Table:
+def filter_view(root: str | os.PathLike, config: FilterConfig | None = None, *, view: str, **options) -> pa.Table:
     """Select samples of dataset ``root`` by AND-ed rules and write them as view ``view``.
 
-    Only successful samples are selectable (the funnel's first step). Returns the view table; its
-    schema metadata holds the rules (``RULES_KEY``) and the funnel (``FUNNEL_KEY``), see
-    :func:`view_funnel`.
+    Pass a :class:`FilterConfig` or its rules flat (``filter_view(root, view="train",
+    min_clip_score=0.28)``). Only successful samples are selectable (the funnel's first step).
+    Returns the view table; its schema metadata holds the rules (``RULES_KEY``) and the funnel
+    (``FUNNEL_KEY``), see :func:`view_funnel`.
     """
-    config = FilterConfig(
-        min_clip_score=min_clip_score, top_fraction=top_fraction, score_model=score_model, min_size=min_size,
-        max_aspect_ratio=max_aspect_ratio, min_caption_words=min_caption_words, max_caption_words=max_caption_words,
-        caption_regex=caption_regex, exclude_caption_regex=exclude_caption_regex, drop_duplicates=drop_duplicates,
-        exclude_contaminated=exclude_contaminated, where=where,
-    )
+    if config is None:
+        config = config_from_options(FilterConfig, "filter", options)
+    elif options:
+        raise ValueError("pass either a FilterConfig or keyword rules, not both")
     path = view_path(root, view)
     from mmdata.table import read_table
 

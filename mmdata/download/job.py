@@ -24,13 +24,14 @@ from mmdata import __version__, layout
 from mmdata.atomic import write_json
 from mmdata.download.config import DownloadConfig
 from mmdata.download.inputs import count_rows, iter_input_shards
-from mmdata.download.summary import format_summary, load_shard_stats, total_stats
+from mmdata.download.summary import format_summary
 from mmdata.download.worker import ProgressFeed
 from mmdata.download.worker import download_shard, retry_shard, transient_failures
 from mmdata.execution import Execution, StageProgress, using
 from mmdata.options import stage_settings
 from mmdata.execution.progress import COUNT, SUCCESSES
 from mmdata.schemas.samples import SAMPLE_SCHEMA
+from mmdata.stats import load_shard_stats, total_stats
 from mmdata.writer_lock import remove_unheld_temporaries
 
 
@@ -93,7 +94,11 @@ def _final_counts(stats: dict | None) -> tuple[int, dict[str, int]] | None:
     """A finished shard's counts for the progress bar, from its committed stats."""
     if stats is None:
         return None
+    # failures by class, as the worker reports them live (a failure without a class by its status)
     failures = {f"failed:{name}": count for name, count in stats.get("error_classes", {}).items()}
+    unclassed = stats["count"] - stats["successes"] - sum(stats.get("error_classes", {}).values())
+    if unclassed > 0:
+        failures["failed:unclassified"] = unclassed
     return int(stats["shard"]), {COUNT: stats["count"], SUCCESSES: stats["successes"], **failures}
 
 

@@ -21,6 +21,7 @@ from mmdata.options import stage_settings
 from mmdata.score import store
 from mmdata.score.config import ScoreConfig
 from mmdata.score.model import ModelSpec, resolve_model
+from mmdata.schemas.samples import SUCCESS
 from mmdata.stats import Stats
 
 # model.json is the provenance dict plus these fields about the runs that wrote the tables.
@@ -172,7 +173,7 @@ def _stored_samples(root: Path, shards: list[str]) -> int | None:
         path = layout.parquet_path(root, shard)
         if "status" not in pq.read_schema(path).names:
             return None
-        total += pc.sum(pc.equal(pq.read_table(path, columns=["status"]).column("status"), "success")).as_py() or 0
+        total += pc.sum(pc.equal(pq.read_table(path, columns=["status"]).column("status"), SUCCESS)).as_py() or 0
     return total
 
 
