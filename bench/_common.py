@@ -99,7 +99,9 @@ def timed_run(command: list[str], *, environment: dict | None = None, log: Path)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
         start = time.perf_counter()
-        completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(environment or {})})
+        completed = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(environment or {})}
+        )
         seconds = time.perf_counter() - start
     if completed.returncode != 0:
         raise RuntimeError(f"{command[0]} failed with exit code {completed.returncode}; see {log}")

@@ -22,7 +22,6 @@ import numpy as np
 from mmdata.curate.components import connected_components
 from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges
 
-
 TARGET_SECONDS, TARGET_GIB, TARGET_RECALL = 300, 4.0, 0.95
 
 
@@ -129,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(arguments.seed + 1)
     planted = np.flatnonzero(partner >= 0)
     chosen = rng.choice(planted, min(len(planted), subsample // 4), replace=False)
-    members = np.unique(np.concatenate([chosen, partner[chosen], rng.choice(rows, subsample, replace=False)]))[:subsample]
+    members = np.unique(
+        np.concatenate([chosen, partner[chosen], rng.choice(rows, subsample, replace=False)])
+    )[:subsample]
     started = time.perf_counter()
     truth_left, truth_right = brute_force_pairs(embeddings[members], 1.0 - arguments.eps)
     brute_seconds = time.perf_counter() - started
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
         "recall_vs_brute_force": round(float(found.mean()) if len(found) else 1.0, 4),
     }
     report["meets_targets"] = bool(
-        dedup_seconds < TARGET_SECONDS and report["peak_rss_gib"] < TARGET_GIB and report["recall_vs_brute_force"] >= TARGET_RECALL
+        dedup_seconds < TARGET_SECONDS
+        and report["peak_rss_gib"] < TARGET_GIB
+        and report["recall_vs_brute_force"] >= TARGET_RECALL
     )
     print(json.dumps(report, indent=2))
     return report

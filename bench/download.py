@@ -58,7 +58,10 @@ def make_image(index: int, *, grain: int) -> Image.Image:
     rng = np.random.default_rng(index)
     long_side = int(rng.integers(320, 2049))
     aspect = ASPECTS[int(rng.integers(len(ASPECTS)))]
-    width, height = (long_side, max(1, round(long_side / aspect))) if aspect >= 1 else (max(1, round(long_side * aspect)), long_side)
+    width, height = (
+        (long_side, max(1, round(long_side / aspect))) if aspect >= 1
+        else (max(1, round(long_side * aspect)), long_side)
+    )
     coarse = rng.integers(0, 256, size=(max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
     image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
     if not grain:
@@ -79,14 +82,20 @@ def ensure_images(count: int) -> list[str]:
         name = names[index]
         image = make_image(index, grain=0 if name.endswith(".png") else 8)
         partial = IMAGES / f".{name}.partial"
-        options = {"jpg": {"format": "JPEG", "quality": 85}, "png": {"format": "PNG"}, "webp": {"format": "WEBP", "quality": 80}}
+        options = {
+            "jpg": {"format": "JPEG", "quality": 85},
+            "png": {"format": "PNG"},
+            "webp": {"format": "WEBP", "quality": 80},
+        }
         image.save(partial, **options[name.rsplit(".", 1)[1]])
         partial.rename(IMAGES / name)
     return names
 
 
 def write_url_list(names: list[str], base_url: str, path: Path) -> None:
-    table = pa.table({"url": [f"{base_url}/{name}" for name in names], "caption": [f"picture {name}" for name in names]})
+    table = pa.table(
+        {"url": [f"{base_url}/{name}" for name in names], "caption": [f"picture {name}" for name in names]}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 
@@ -145,7 +154,10 @@ def main() -> int:
     shard_size = max(25, math.ceil(count / 8))  # several shards per process, for both tools
 
     names = ensure_images(count)
-    img2dataset_bin = None if args.skip_img2dataset else side_venv("bench-img2dataset-venv", IMG2DATASET, environment=IMG2DATASET_ENV)
+    img2dataset_bin = (
+        None if args.skip_img2dataset
+        else side_venv("bench-img2dataset-venv", IMG2DATASET, environment=IMG2DATASET_ENV)
+    )
     work = WORK / "download"
     urls = work / "urls.parquet"
 
@@ -164,8 +176,8 @@ def main() -> int:
         for round_index in range(rounds):
             ceiling, decodable = measure_ceiling(names)
             ceilings.append(ceiling)
-            print(f"round {round_index + 1} ceiling      {ceiling:6.0f} images/s (process_image, {PROCESSES} processes, "
-                  f"{decodable} decodable)", flush=True)
+            print(f"round {round_index + 1} ceiling      {ceiling:6.0f} images/s "
+                  f"(process_image, {PROCESSES} processes, {decodable} decodable)", flush=True)
             for tool in tools if round_index % 2 == 0 else tools[::-1]:
                 output = work / tool
                 launched = time.time()
@@ -173,7 +185,8 @@ def main() -> int:
                     seconds = run_mmdata(urls, output, threads=args.threads, shard_size=shard_size,
                                          executor=MMDATA_EXECUTORS[tool])
                 else:
-                    seconds = run_img2dataset(img2dataset_bin, urls, output, threads=args.threads, shard_size=shard_size)
+                    seconds = run_img2dataset(img2dataset_bin, urls, output, threads=args.threads,
+                                              shard_size=shard_size)
                 shard_stats = load_shard_stats(output)
                 totals = total_stats(shard_stats)
                 first_start = min(s["start_time"] for s in shard_stats)
@@ -186,7 +199,8 @@ def main() -> int:
                 # task), and the last shard's end to the command's exit (manifest, shutting down).
                 startups[tool].append(first_start - launched)
                 wind_downs[tool].append(launched + seconds - last_end)
-                print(f"round {round_index + 1} {tool:<17} {seconds:6.1f} s  {count / seconds:6.0f} images/s whole command, "
+                print(f"round {round_index + 1} {tool:<17} {seconds:6.1f} s  "
+                      f"{count / seconds:6.0f} images/s whole command, "
                       f"{count / window:6.0f} images/s from first shard start to last shard end  "
                       f"(start-up {startups[tool][-1]:.1f} s, wind-down {wind_downs[tool][-1]:.1f} s)  "
                       f"{totals['successes']}/{totals['count']} stored", flush=True)

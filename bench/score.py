@@ -22,10 +22,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WORK, side_venv, timed_run  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 BENCH_DIR = WORK / "score"
 CAPTION_WORDS = "a photo of red green blue small large dog cat house tree car street beach mountain at night".split()
@@ -47,7 +47,7 @@ def main() -> int:
 
     import torch
 
-    from mmdata.execution import ray_session
+    from mmdata.execution import ExecutionConfig, open_executor
 
     batch_size = arguments.batch_size or (256 if arguments.device == "cuda" else 64)
     if arguments.quick:
@@ -55,14 +55,16 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count())
     results = []
     started = time.perf_counter()
-    with ray_session(None):
+    with open_executor(ExecutionConfig(executor="ray")) as executor:
         ray_seconds = time.perf_counter() - started
         for model_name in arguments.models.split(","):
             samples = arguments.samples or _default_samples(model_name, arguments.device, arguments.quick)
             dataset = _dataset(samples, shard_size=min(samples, 1000 if arguments.device == "cuda" else 256))
             model, pretrained = _model(model_name)
-            ceiling = bare_forward(model, dataset, batch_size, arguments.device, arguments.precision, quick=arguments.quick)
-            pipeline = run_pipeline(model, dataset, batch_size, arguments.device, arguments.precision)
+            ceiling = bare_forward(
+                model, dataset, batch_size, arguments.device, arguments.precision, quick=arguments.quick
+            )
+            pipeline = run_pipeline(model, dataset, batch_size, arguments.device, arguments.precision, executor)
             row = {
                 "model": model_name,
                 "device": arguments.device,
@@ -176,7 +178,10 @@ def bare_forward(model: str, dataset: Path, batch_size: int, device: str, precis
         if len(images) == batch_size * (batches_wanted + 1):
             break
     batches = [
-        (torch.stack(images[i : i + batch_size]).to(clip.device), clip.tokenizer(captions[i : i + batch_size]).to(clip.device))
+        (
+            torch.stack(images[i : i + batch_size]).to(clip.device),
+            clip.tokenizer(captions[i : i + batch_size]).to(clip.device),
+        )
         for i in range(0, len(images) - batch_size + 1, batch_size)
     ]
 
@@ -200,14 +205,14 @@ def bare_forward(model: str, dataset: Path, batch_size: int, device: str, precis
 # --- mmdata score -------------------------------------------------------------------------------
 
 
-def run_pipeline(model: str, dataset: Path, batch_size: int, device: str, precision: str) -> dict:
+def run_pipeline(model: str, dataset: Path, batch_size: int, device: str, precision: str, executor) -> dict:
     import mmdata
     from mmdata.score.model import resolve_model
 
     shutil.rmtree(dataset / "scores" / resolve_model(model).model_id, ignore_errors=True)
     started = time.perf_counter()
     summary = mmdata.score(dataset=str(dataset), model=model, batch_size=batch_size, device=device,
-                           precision=precision, show_progress=False)
+                           precision=precision, show_progress=False, execution=executor)
     wall = time.perf_counter() - started
     samples = summary["counts"]["samples"]
     actors = max(1, len(summary["actors"]))
@@ -243,11 +248,16 @@ def run_clip_retrieval(model: str, dataset: Path, batch_size: int, device: str, 
     command = [
         str(bin_dir / "clip-retrieval"), "inference", "--input_format", "webdataset",
         "--input_dataset", pattern,
-        "--output_folder", str(output), "--batch_size", str(batch_size), "--num_prepro_workers", str(min(os.cpu_count(), len(tars))),
+        "--output_folder", str(output), "--batch_size", str(batch_size),
+        "--num_prepro_workers", str(min(os.cpu_count(), len(tars))),
         "--enable_text", "True", "--enable_image", "True", "--enable_metadata", "False",
         "--clip_model", "open_clip:ViT-B-32/laion2b_s34b_b79k", "--use_jit", "False",
     ]
-    environment = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+    environment = {
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+    }
     try:
         seconds = timed_run(command, environment=environment, log=BENCH_DIR / "clip-retrieval.log")
     except RuntimeError as error:

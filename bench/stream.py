@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
-from mmdata.shard_output import ShardOutput
 from mmdata.schemas.views import VIEW_SCHEMA
+from mmdata.shard_output import ShardOutput
 
 
 def synthetic_jpeg(rng: random.Random, size: int) -> bytes:
@@ -50,7 +50,9 @@ def build(root: Path, samples: int, shard_size: int, image_size: int, seed: int 
             rows = min(shard_size, samples - shard * shard_size)
             for row in range(rows):
                 key = layout.sample_key(shard, row, shard_size)
-                members = {"jpg": synthetic_jpeg(rng, image_size), "txt": f"a photo number {key}".encode(), "json": b"{}"}
+                members = {
+                    "jpg": synthetic_jpeg(rng, image_size), "txt": f"a photo number {key}".encode(), "json": b"{}"
+                }
                 output.add({"key": key, "uid": key, "caption": f"a photo number {key}", "status": "success"}, members)
                 keys.append(key)
             output.commit({"count": rows})
@@ -59,7 +61,9 @@ def build(root: Path, samples: int, shard_size: int, image_size: int, seed: int 
 
 def write_view(root: Path, keys: list[str], fraction: float, seed: int = 0) -> set[str]:
     chosen = sorted(random.Random(seed).sample(keys, round(len(keys) * fraction)))
-    table = pa.concat_tables([pa.parquet.read_table(layout.parquet_path(root, s)) for s in layout.complete_shards(root)])
+    table = pa.concat_tables(
+        [pa.parquet.read_table(layout.parquet_path(root, s)) for s in layout.complete_shards(root)]
+    )
     rows = table.filter(pa.compute.is_in(table.column("key"), pa.array(chosen)))
     rows = rows.append_column("shard", pa.array([k[: layout.SHARD_DIGITS] for k in rows.column("key").to_pylist()]))
     write_parquet(rows, layout.views_dir(root) / "sample30.parquet", VIEW_SCHEMA)
@@ -97,7 +101,11 @@ def main() -> None:
     if not layout.complete_shards(root):
         keys = build(root, args.samples, args.shard_size, args.image_size)
     else:
-        keys = [k for s in layout.complete_shards(root) for k in pa.parquet.read_table(layout.parquet_path(root, s)).column("key").to_pylist()]
+        keys = [
+            k
+            for s in layout.complete_shards(root)
+            for k in pa.parquet.read_table(layout.parquet_path(root, s)).column("key").to_pylist()
+        ]
     chosen = write_view(root, keys, 0.3)
     tars = [str(layout.tar_path(root, s)) for s in layout.complete_shards(root)]
 
@@ -105,7 +113,11 @@ def main() -> None:
         return wds.WebDataset(tars, shardshuffle=False, empty_check=False).decode("pil")
 
     def wds_view():
-        return wds.WebDataset(tars, shardshuffle=False, empty_check=False).select(lambda s: s["__key__"] in chosen).decode("pil")
+        return (
+            wds.WebDataset(tars, shardshuffle=False, empty_check=False)
+            .select(lambda s: s["__key__"] in chosen)
+            .decode("pil")
+        )
 
     results = {}
     results["webdataset_full"] = timed(wds_full, args.repeats)

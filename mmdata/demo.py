@@ -74,14 +74,20 @@ def serve_corpus_stage(*, corpus: str, sites: int = 3, needed_by: str | None = N
 
 
 def serve_complete(*, corpus: str, needed_by: str | None = None, **_) -> bool:
-    return needed_by is not None and (Path(corpus) / "urls.parquet").exists() and layout.manifest_path(needed_by).exists()
+    return (
+        needed_by is not None
+        and (Path(corpus) / "urls.parquet").exists()
+        and layout.manifest_path(needed_by).exists()
+    )
 
 
 def seed_view(*, dataset: str, corpus: str, view: str = "seed") -> Path:
     """A view of the corpus's seed subset: clean pairs set aside as the filter network's training data
     (the stand-in for a curated high-quality set, as DFN trains on one)."""
     truth = _truth_with_uids(corpus)
-    seed_uids = {uid for uid, flag in zip(truth.column("uid").to_pylist(), truth.column("seed_subset").to_pylist()) if flag}
+    seed_uids = {
+        uid for uid, flag in zip(truth.column("uid").to_pylist(), truth.column("seed_subset").to_pylist()) if flag
+    }
     samples = _samples(dataset)
     rows = [row for row in samples.select(["key", "uid", "shard", "tar_offset", "tar_size", "status"]).to_pylist()
             if row["uid"] in seed_uids and row["status"] == SUCCESS]
@@ -218,7 +224,9 @@ def _dedup_quality(rows: list[dict], truth_rows: dict) -> dict:
         for row in flagged:
             mine, twin = truth_rows[row["uid"]], truth_rows[by_key[row["duplicate_of"]]["uid"]]
             same_group = mine["dup_group"] is not None and mine["dup_group"] == twin["dup_group"]
-            same_scene = tier == "semantic" and mine["description"] is not None and mine["description"] == twin["description"]
+            same_scene = (
+                tier == "semantic" and mine["description"] is not None and mine["description"] == twin["description"]
+            )
             correct += same_group or same_scene
         precision[tier] = {"flagged": len(flagged), "correct": correct, "precision": _ratio(correct, len(flagged))}
     return {"recall": recall, "precision": precision}
@@ -253,15 +261,20 @@ def _scorecard(report: dict) -> str:
 
     lines = ["", "== Curation quality against the ground truth ==",
              f"downloaded {report['downloaded']} pairs; statuses {report['statuses']}",
-             f"ROC AUC of clip_score, matched vs mismatched captions (held-out pairs): {show(report['auc_mismatched'])}"]
+             "ROC AUC of clip_score, matched vs mismatched captions (held-out pairs): "
+             f"{show(report['auc_mismatched'])}"]
     view = report["view"]
-    lines.append(f"view {view['name']!r} ({view['selected']} samples): precision of kept pairs {show(view['kept_precision'])}, "
-                 f"recall of matched pairs {show(view['kept_recall'])}, mismatched dropped {show(view['mismatched_dropped'])}")
+    lines.append(f"view {view['name']!r} ({view['selected']} samples): "
+                 f"precision of kept pairs {show(view['kept_precision'])}, "
+                 f"recall of matched pairs {show(view['kept_recall'])}, "
+                 f"mismatched dropped {show(view['mismatched_dropped'])}")
     if report["dedup"]:
         for kind, figures in report["dedup"]["recall"].items():
-            lines.append(f"dedup recall for {kind}: {figures['found']}/{figures['planted']} = {show(figures['recall'])}")
+            lines.append(f"dedup recall for {kind}: {figures['found']}/{figures['planted']} "
+                         f"= {show(figures['recall'])}")
         for tier, figures in report["dedup"]["precision"].items():
-            lines.append(f"dedup precision of tier {tier}: {figures['correct']}/{figures['flagged']} = {show(figures['precision'])}")
+            lines.append(f"dedup precision of tier {tier}: {figures['correct']}/{figures['flagged']} "
+                         f"= {show(figures['precision'])}")
     return "\n".join(lines)
 
 
@@ -312,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     try:
-        results = run_pipeline(PIPELINE, overrides=overrides,
-                               resume_command="python -m mmdata.demo " + " ".join(sys.argv[1:] if argv is None else argv))
+        results = run_pipeline(
+            PIPELINE, overrides=overrides,
+            resume_command="python -m mmdata.demo " + " ".join(sys.argv[1:] if argv is None else argv),
+        )
     except PipelineError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1

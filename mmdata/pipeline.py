@@ -112,9 +112,13 @@ def _demo_complete(name: str) -> Callable[..., bool]:
 
 
 STAGES: dict[str, Stage] = {
-    "download": Stage(_download, lambda *, output_dir, **_: layout.manifest_path(output_dir).exists(), uses_executor=True),
+    "download": Stage(
+        _download, lambda *, output_dir, **_: layout.manifest_path(output_dir).exists(), uses_executor=True
+    ),
     "score": Stage(_score, _score_complete, uses_executor=True),
-    "dedup": Stage(_dedup, lambda *, dataset, **_: (layout.annotations_dir(dataset) / "dedup.parquet").exists(), uses_executor=True),
+    "dedup": Stage(
+        _dedup, lambda *, dataset, **_: (layout.annotations_dir(dataset) / "dedup.parquet").exists(), uses_executor=True
+    ),
     "filter": Stage(_filter, lambda *, dataset, view, **_: (layout.views_dir(dataset) / f"{view}.parquet").exists()),
     "reshard": Stage(_reshard, lambda *, output, **_: layout.manifest_path(output).exists(), uses_executor=True),
     "report": Stage(_report),

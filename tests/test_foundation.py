@@ -11,11 +11,23 @@ from mmdata.curate import hashes, thumbnails
 from mmdata.schemas import SchemaError, align_table
 from mmdata.schemas.hashes import CROP_COUNT, HASH_SCHEMA, THUMB_BYTES
 from mmdata.schemas.members import (
-    IMAGE_EXTENSIONS, caption_member, image_extension, image_member, metadata_member,
+    IMAGE_EXTENSIONS,
+    caption_member,
+    image_extension,
+    image_member,
+    metadata_member,
 )
 from mmdata.schemas.samples import (
-    FAILED_TO_DOWNLOAD, IDENTITY_FIELDS, INPUT_FIELDS, OK, OUTCOME_FIELDS, SAMPLE_SCHEMA, SPAN_FIELDS, STATUSES,
-    SUCCESS, Outcome,
+    FAILED_TO_DOWNLOAD,
+    IDENTITY_FIELDS,
+    INPUT_FIELDS,
+    OK,
+    OUTCOME_FIELDS,
+    SAMPLE_SCHEMA,
+    SPAN_FIELDS,
+    STATUSES,
+    SUCCESS,
+    Outcome,
 )
 from mmdata.shard_output import ShardOutput
 from mmdata.shards import SampleSpan, ShardFormatError, iter_samples, read_sample
@@ -82,7 +94,10 @@ def test_failed_shard_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     "name, kind",
-    [("../evil.jpg", tarfile.REGTYPE), ("/abs.jpg", tarfile.REGTYPE), ("k.jpg", tarfile.SYMTYPE), ("k.jpg", tarfile.CHRTYPE)],
+    [
+        ("../evil.jpg", tarfile.REGTYPE), ("/abs.jpg", tarfile.REGTYPE),
+        ("k.jpg", tarfile.SYMTYPE), ("k.jpg", tarfile.CHRTYPE),
+    ],
 )
 def test_reader_refuses_hostile_members(name, kind):
     buffer = io.BytesIO()

@@ -9,10 +9,10 @@ import mmdata
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.cli import main as cli_main
-from mmdata.shard_output import ShardOutput
 from mmdata.schemas.annotations import CONTAMINATION_SCHEMA, DEDUP_SCHEMA
 from mmdata.schemas.scores import score_schema
 from mmdata.score import store
+from mmdata.shard_output import ShardOutput
 
 
 def _dataset(root, shards=2, per_shard=3) -> list[str]:
@@ -33,7 +33,9 @@ def _dataset(root, shards=2, per_shard=3) -> list[str]:
     return keys
 
 
-def _scores(root, model_id: str, scored: dict[str, float], *, dim: int | None = 4, scored_at: str, shards=("00000", "00001")):
+def _scores(
+    root, model_id: str, scored: dict[str, float], *, dim: int | None = 4, scored_at: str, shards=("00000", "00001")
+):
     """Score tables for ``model_id`` as mmdata score writes them (only the given shards)."""
     for shard in shards:
         keys = [key for key in scored if key.startswith(shard)]
@@ -43,8 +45,8 @@ def _scores(root, model_id: str, scored: dict[str, float], *, dim: int | None = 
             columns["image_embedding"] = columns["text_embedding"] = vectors
         schema = score_schema(dim, {"model_id": model_id})
         write_parquet(pa.table(columns), layout.score_path(root, model_id, shard), schema)
-    store.write_model_record(root, model_id, {"model_id": model_id, "embed_dim": dim, "keep_embeddings": dim is not None,
-                                              "scored_at": scored_at})
+    store.write_model_record(root, model_id, {"model_id": model_id, "embed_dim": dim,
+                                              "keep_embeddings": dim is not None, "scored_at": scored_at})
 
 
 def test_joins_metadata_scores_and_annotations_in_row_order(tmp_path):
@@ -59,7 +61,8 @@ def test_joins_metadata_scores_and_annotations_in_row_order(tmp_path):
                             "dup_reason": ["near", None, "exact"], "dup_similarity": [0.97, None, 1.0]}),
                   annotations / "dedup.parquet", DEDUP_SCHEMA)
     write_parquet(pa.table({"key": [stored[1]], "contaminated": [True], "contaminated_by": ["eval/3.png"],
-                            "contamination_reason": ["exact"]}), annotations / "contamination.parquet", CONTAMINATION_SCHEMA)
+                            "contamination_reason": ["exact"]}),
+                  annotations / "contamination.parquet", CONTAMINATION_SCHEMA)
     (tmp_path / "00002.parquet").write_bytes((tmp_path / "00000.parquet").read_bytes())  # no stats: incomplete, ignored
 
     table = mmdata.read_table(tmp_path)

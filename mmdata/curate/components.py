@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def connected_components(count: int, left: np.ndarray, right: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+def connected_components(
+    count: int, left: np.ndarray, right: np.ndarray, labels: np.ndarray | None = None
+) -> np.ndarray:
     """Label per node: the smallest node index of its component. ``labels`` continues an earlier call."""
     labels = np.arange(count, dtype=np.int64) if labels is None else labels.copy()
     left = np.asarray(left, dtype=np.int64)

@@ -62,7 +62,9 @@ def load_eval_images(against: str | os.PathLike) -> EvalImages:
                     names.append(key)
                     images.append(blob)
         return EvalImages(names, images, dataset=against)
-    for path in sorted(p for p in against.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS):
+    for path in sorted(
+        p for p in against.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+    ):
         names.append(str(path.relative_to(against)))
         images.append(path.read_bytes())
     if not names:
@@ -124,7 +126,11 @@ def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = 
 
     eval_names = eval_hashes.column("key").to_pylist()
     for column in ("sha256", "pixel_hash"):
-        lookup = {value: name for value, name in zip(eval_hashes.column(column).to_pylist(), eval_names) if value is not None}
+        lookup = {
+            value: name
+            for value, name in zip(eval_hashes.column(column).to_pylist(), eval_names)
+            if value is not None
+        }
         values = samples.column(column).to_pylist()
         rows = [row for row, value in enumerate(values) if value in lookup]
         mark(np.asarray(rows, dtype=np.int64), [lookup[values[row]] for row in rows], "exact")
@@ -164,7 +170,10 @@ def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = 
         "contaminated": int(contaminated.sum()),
     }
     counts.update({tier: int((reason == tier).sum()) for tier in tiers})
-    settings = {"against": str(against), "hamming": hamming, "colour_tolerance": colour_tolerance, "eps": eps, "model": embedding_model, "counts": counts}
+    settings = {
+        "against": str(against), "hamming": hamming, "colour_tolerance": colour_tolerance, "eps": eps,
+        "model": embedding_model, "counts": counts,
+    }
     table = table.replace_schema_metadata({CONTAMINATION_METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
     path = layout.annotations_dir(root) / "contamination.parquet"
     return ContaminationResult(write_parquet(table, path, CONTAMINATION_SCHEMA), counts, path)
@@ -214,7 +223,9 @@ def _embedding_matches(
     return np.asarray(rows, dtype=np.int64), names
 
 
-def _eval_embeddings(root: Path, model_id: str, evaluation: EvalImages, pretrained: str | None, device: str) -> tuple[list[str], np.ndarray]:
+def _eval_embeddings(
+    root: Path, model_id: str, evaluation: EvalImages, pretrained: str | None, device: str
+) -> tuple[list[str], np.ndarray]:
     """Evaluation image embeddings: read from EVAL's own score run of the same model, else encoded."""
     if evaluation.dataset is not None and (layout.scores_dir(evaluation.dataset) / model_id / "model.json").exists():
         from mmdata.table import read_embeddings
@@ -227,7 +238,9 @@ def _eval_embeddings(root: Path, model_id: str, evaluation: EvalImages, pretrain
     return evaluation.names, encode_images(provenance, evaluation.images, pretrained=pretrained, device=device)
 
 
-def encode_images(provenance: dict, images: list[bytes], *, pretrained: str | None = None, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+def encode_images(
+    provenance: dict, images: list[bytes], *, pretrained: str | None = None, device: str = "cpu", batch_size: int = 64
+) -> np.ndarray:
     """Encode images with the model a score run used, rebuilt from its provenance record."""
     import io
 
@@ -244,12 +257,20 @@ def encode_images(provenance: dict, images: list[bytes], *, pretrained: str | No
             Path(model_name).write_text(json.dumps(provenance["model_config"]))
         weights = pretrained or provenance.get("pretrained")
         if provenance.get("weights") == "checkpoint" and not (weights and Path(weights).is_file()):
-            raise ValueError(f"the checkpoint of score run {provenance['model_id']} ({weights}) is gone: pass pretrained=PATH")
+            raise ValueError(
+                f"the checkpoint of score run {provenance['model_id']} ({weights}) is gone: pass pretrained=PATH"
+            )
         clip = load_clip(model_name, weights, device=device)
         if clip.model_id != provenance["model_id"]:
-            raise ValueError(f"rebuilt model {clip.model_id} differs from the score run's {provenance['model_id']}: pass the same weights")
+            raise ValueError(
+                f"rebuilt model {clip.model_id} differs from the score run's {provenance['model_id']}: "
+                "pass the same weights"
+            )
         vectors = []
         for start in range(0, len(images), batch_size):
-            batch = [clip.preprocess(Image.open(io.BytesIO(blob)).convert("RGB")) for blob in images[start : start + batch_size]]
+            batch = [
+                clip.preprocess(Image.open(io.BytesIO(blob)).convert("RGB"))
+                for blob in images[start : start + batch_size]
+            ]
             vectors.append(clip.encode_images(torch.stack(batch)).cpu().numpy())
     return np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, clip.embed_dim), np.float32)

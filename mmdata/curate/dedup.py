@@ -101,7 +101,8 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
         labels["exact"] = current
     if config.near:
         query, reference, _ = near_matches(
-            inputs.near, inputs.near, config.hamming, config.colour_tolerance, thumbnail_tolerance=config.thumbnail_tolerance
+            inputs.near, inputs.near, config.hamming, config.colour_tolerance,
+            thumbnail_tolerance=config.thumbnail_tolerance,
         )
         different = query != reference
         rows = inputs.near_rows
@@ -175,7 +176,10 @@ def dedup(root: str | os.PathLike, config: DedupConfig | None = None, *, executi
     if model is not None and model not in store.scored_models(root):
         raise ValueError(f"no score run {model!r} in {root}/scores (runs: {store.scored_models(root) or 'none'})")
     # which twin is kept: the best clip_score of the chosen model (or the default one), if scored
-    score_column = f"{store.SCORE_COLUMN_PREFIX}{model}" if model else ("clip_score" if store.default_model(root) else None)
+    score_column = (
+        f"{store.SCORE_COLUMN_PREFIX}{model}" if model
+        else ("clip_score" if store.default_model(root) else None)
+    )
     samples = read_table(root, columns=["key", "status", *([score_column] if score_column else [])])
     samples = samples.filter(pc.equal(samples.column("status"), SUCCESS))
     keys = samples.column("key").to_pylist()
@@ -214,7 +218,10 @@ def _attach_hashes(inputs: DedupInputs, hashes: pa.Table) -> None:
     row_of = {key: row for row, key in enumerate(hashes.column("key").to_pylist())}
     missing = [key for key in inputs.keys if key not in row_of]
     if missing:
-        raise RuntimeError(f"no hash rows for {len(missing)} successful samples (e.g. {missing[:3]}): the tars and metadata disagree")
+        raise RuntimeError(
+            f"no hash rows for {len(missing)} successful samples (e.g. {missing[:3]}): "
+            "the tars and metadata disagree"
+        )
     aligned = hashes.take(pa.array([row_of[key] for key in inputs.keys], pa.int64()))
     inputs.sha256 = aligned.column("sha256").to_pylist()
     inputs.pixel_hash = aligned.column("pixel_hash").to_pylist()

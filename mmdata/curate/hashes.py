@@ -76,7 +76,10 @@ class NearHashes:
     def take(self, rows: np.ndarray) -> "NearHashes":
         if self.thumbnails is None:
             return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows])
-        return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows], self.thumbnails[rows], self.texture[rows], self.aspect[rows])
+        return NearHashes(
+            self.phash[rows], self.crops[rows], self.colours[rows],
+            self.thumbnails[rows], self.texture[rows], self.aspect[rows],
+        )
 
     def __len__(self) -> int:
         return len(self.phash)
@@ -129,7 +132,10 @@ def image_hashes(blob: bytes) -> ImageHashes:
     # ten of a full-size picture, and the 32×32 hash input is the same to within rounding
     grey = rgb.convert("L").resize((THUMB_SIZE, THUMB_SIZE), Image.BOX)
     crops = [
-        phash_of(grey, (THUMB_SIZE * fx, THUMB_SIZE * fy, THUMB_SIZE * (fx + CROP_FRACTION), THUMB_SIZE * (fy + CROP_FRACTION)))
+        phash_of(
+            grey,
+            (THUMB_SIZE * fx, THUMB_SIZE * fy, THUMB_SIZE * (fx + CROP_FRACTION), THUMB_SIZE * (fy + CROP_FRACTION)),
+        )
         for fx in CROP_OFFSETS
         for fy in CROP_OFFSETS
     ]
@@ -137,7 +143,8 @@ def image_hashes(blob: bytes) -> ImageHashes:
     moments = tuple(float(v) for v in [*statistics.mean, *statistics.stddev])
     thumbnails, texture, aspect = content_features(rgb)
     return ImageHashes(
-        hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), moments, thumbnails, texture, aspect
+        hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), moments,
+        thumbnails, texture, aspect,
     )
 
 
@@ -151,7 +158,10 @@ def hash_rows(named_images: list[tuple[str, bytes | None]]) -> pa.Table:
         try:
             hashes = image_hashes(blob)
         except Exception as error:  # any decoder failure is a per-sample row, not a crash
-            rows.append({"key": key, "sha256": hashlib.sha256(blob).hexdigest(), "hash_error": f"{type(error).__name__}: {error}"})
+            rows.append({
+                "key": key, "sha256": hashlib.sha256(blob).hexdigest(),
+                "hash_error": f"{type(error).__name__}: {error}",
+            })
             continue
         rows.append(
             {"key": key, "sha256": hashes.sha256, "pixel_hash": hashes.pixel_hash, "phash": hashes.phash,
@@ -253,7 +263,9 @@ def near_matches(
     for searched, indexed, swap in ((query, reference, False), (reference, query, True)):
         codes = np.concatenate([indexed.phash[:, None], indexed.crops], axis=1)
         owners = np.repeat(np.arange(len(indexed)), codes.shape[1])
-        searched_rows, indexed_rows = _range_search(to_codes(codes.reshape(-1)), to_codes(searched.phash), radius, exhaustive_limit)
+        searched_rows, indexed_rows = _range_search(
+            to_codes(codes.reshape(-1)), to_codes(searched.phash), radius, exhaustive_limit
+        )
         indexed_rows = owners[indexed_rows]
         found.append(np.stack([indexed_rows, searched_rows] if swap else [searched_rows, indexed_rows], axis=1))
     pairs = np.unique(np.concatenate(found), axis=0)
@@ -271,7 +283,9 @@ def near_matches(
     return pairs[keep, 0], pairs[keep, 1], distance[keep]
 
 
-def _range_search(index_codes: np.ndarray, query_codes: np.ndarray, radius: int, exhaustive_limit: int) -> tuple[np.ndarray, np.ndarray]:
+def _range_search(
+    index_codes: np.ndarray, query_codes: np.ndarray, radius: int, exhaustive_limit: int
+) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     if len(index_codes) == 0 or len(query_codes) == 0:

@@ -91,7 +91,10 @@ def reshard(root: str | os.PathLike, config: ReshardConfig | None = None, *, exe
 
     names = [layout.shard_name(shard) for shard in range(shard_count)]
     total = total_stats(load_shard_stats(output))
-    manifest = {**plan, "kind": "reshard", "shards": names, "stats": total, "last_run_seconds": round(time.perf_counter() - started, 3)}
+    manifest = {
+        **plan, "kind": "reshard", "shards": names, "stats": total,
+        "last_run_seconds": round(time.perf_counter() - started, 3),
+    }
     write_json(layout.manifest_path(output), manifest)
     return manifest
 
@@ -142,7 +145,9 @@ def _source_metadata(root: str, rows: pa.Table) -> dict[str, dict]:
             found[row["key"]] = row
     missing = [key for key in rows.column("key").to_pylist() if key not in found]
     if missing:
-        raise RuntimeError(f"view keys missing from the metadata of {root}: {missing[:5]}: the view is stale, filter again")
+        raise RuntimeError(
+            f"view keys missing from the metadata of {root}: {missing[:5]}: the view is stale, filter again"
+        )
     return found
 
 
@@ -207,12 +212,16 @@ def _start_or_resume(output: Path, plan: dict) -> None:
         previous = json.loads(plan_path.read_text())
         if previous != plan:
             changed = sorted(name for name in plan if previous.get(name) != plan[name])
-            raise ValueError(f"{output} holds a reshard of another plan (differs in {changed}): use a new --output folder")
+            raise ValueError(
+                f"{output} holds a reshard of another plan (differs in {changed}): use a new --output folder"
+            )
         for folder in [output, *layout.scores_dir(output).glob("*/")]:
             remove_temporaries(folder)
         return
     if output.exists() and any(output.iterdir()):
-        raise ValueError(f"{output} exists and is not empty: reshard writes a new dataset, choose a new --output folder")
+        raise ValueError(
+            f"{output} exists and is not empty: reshard writes a new dataset, choose a new --output folder"
+        )
     output.mkdir(parents=True, exist_ok=True)
     write_json(plan_path, plan)
 

@@ -43,7 +43,11 @@ class FilterConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.min_caption_words is not None and self.max_caption_words is not None and self.min_caption_words > self.max_caption_words:
+        if (
+            self.min_caption_words is not None
+            and self.max_caption_words is not None
+            and self.min_caption_words > self.max_caption_words
+        ):
             raise ValueError("min_caption_words is above max_caption_words: nothing could pass")
         for name in ("caption_regex", "exclude_caption_regex"):
             pattern = getattr(self, name)
@@ -103,12 +107,21 @@ def build_rules(config: FilterConfig, columns: list[str]) -> list[Rule]:
     score = _score_column(config.score_model, columns) if needs_score else None
     if config.min_clip_score is not None:
         threshold = config.min_clip_score
-        rules.append(Rule("min_clip_score", lambda t, threshold=threshold: _filled(pc.greater_equal(t.column(score), threshold)), {"column": score}))
+        rules.append(Rule(
+            "min_clip_score",
+            lambda t, threshold=threshold: _filled(pc.greater_equal(t.column(score), threshold)),
+            {"column": score},
+        ))
     if config.top_fraction is not None:
         rules.append(_top_fraction_rule(score, config.top_fraction))
     if config.min_size is not None:
         size = config.min_size
-        rules.append(Rule("min_size", lambda t, size=size: _filled(pc.greater_equal(pc.min_element_wise(t.column("width"), t.column("height")), size))))
+        rules.append(Rule(
+            "min_size",
+            lambda t, size=size: _filled(
+                pc.greater_equal(pc.min_element_wise(t.column("width"), t.column("height")), size)
+            ),
+        ))
     if config.max_aspect_ratio is not None:
         ratio = config.max_aspect_ratio
         rules.append(Rule("max_aspect_ratio", lambda t, ratio=ratio: _aspect_ratio(t) <= ratio))
@@ -120,19 +133,29 @@ def build_rules(config: FilterConfig, columns: list[str]) -> list[Rule]:
         rules.append(Rule("max_caption_words", lambda t, words=words: _caption_words(t) <= words))
     if config.caption_regex is not None:
         pattern = config.caption_regex
-        rules.append(Rule("caption_regex", lambda t, pattern=pattern: _filled(pc.match_substring_regex(t.column("caption"), pattern))))
+        rules.append(Rule(
+            "caption_regex",
+            lambda t, pattern=pattern: _filled(pc.match_substring_regex(t.column("caption"), pattern)),
+        ))
     if config.exclude_caption_regex is not None:
         pattern = config.exclude_caption_regex
-        rules.append(Rule("exclude_caption_regex", lambda t, pattern=pattern: ~_filled(pc.match_substring_regex(t.column("caption"), pattern))))
+        rules.append(Rule(
+            "exclude_caption_regex",
+            lambda t, pattern=pattern: ~_filled(pc.match_substring_regex(t.column("caption"), pattern)),
+        ))
     if config.drop_duplicates:
         _require(columns, "duplicate_of", "drop_duplicates needs dedup results: run `mmdata dedup DIR` first")
-        rules.append(Rule("drop_duplicates", lambda t: t.column("duplicate_of").is_null().to_numpy(zero_copy_only=False)))
+        rules.append(Rule(
+            "drop_duplicates", lambda t: t.column("duplicate_of").is_null().to_numpy(zero_copy_only=False)
+        ))
     if config.exclude_contaminated:
         _require(columns, "contaminated", "exclude_contaminated needs `mmdata decontaminate DIR --against EVAL` first")
         rules.append(Rule("exclude_contaminated", lambda t: ~_filled(t.column("contaminated"))))
     if config.where is not None:
         expression = config.where
-        rules.append(Rule("where", lambda t, expression=expression: where_mask(t, expression), {"expression": expression}))
+        rules.append(Rule(
+            "where", lambda t, expression=expression: where_mask(t, expression), {"expression": expression}
+        ))
     return rules
 
 
@@ -146,7 +169,9 @@ def where_mask(table: pa.Table, expression: str) -> np.ndarray:
         connection.register("samples", indexed)
         result = connection.sql(f"SELECT __mmdata_row, CAST(({expression}) AS BOOLEAN) FROM samples").to_arrow_table()
     except duckdb.Error as error:
-        raise ValueError(f"--where {expression!r} is not a valid SQL boolean expression over {table.column_names}: {error}") from error
+        raise ValueError(
+            f"--where {expression!r} is not a valid SQL boolean expression over {table.column_names}: {error}"
+        ) from error
     finally:
         connection.close()
     mask = np.zeros(table.num_rows, dtype=bool)

@@ -34,7 +34,9 @@ class SemanticConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eps < 2.0:
-            raise ValueError(f"eps must be a cosine distance in [0, 2), got {self.eps}: 0.05 flags pairs with cosine > 0.95")
+            raise ValueError(
+                f"eps must be a cosine distance in [0, 2), got {self.eps}: 0.05 flags pairs with cosine > 0.95"
+            )
         if self.clusters is not None and self.clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {self.clusters}")
         if self.boundary_margin < 0:
@@ -54,7 +56,9 @@ def normalised(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def assign_clusters(embeddings: np.ndarray, config: SemanticConfig, *, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def assign_clusters(
+    embeddings: np.ndarray, config: SemanticConfig, *, block_rows: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means trained on a sample, then every row assigned in blocks.
 
     Returns (rows, clusters): each row once with its nearest centroid, and again with its second
@@ -89,7 +93,9 @@ def assign_clusters(embeddings: np.ndarray, config: SemanticConfig, *, block_row
     return member_rows, member_clusters
 
 
-def cluster_duplicate_edges(embeddings: np.ndarray, members: np.ndarray, threshold: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_duplicate_edges(
+    embeddings: np.ndarray, members: np.ndarray, threshold: float, block_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Spanning-forest edges (global row ids) among ``members`` whose cosine exceeds ``threshold``."""
     if len(members) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)

@@ -50,7 +50,9 @@ def content_features(rgb: Image.Image) -> tuple[bytes, float, float]:
     RGB image's content."""
     box = content_box(rgb)
     width, height = box[2] - box[0], box[3] - box[1]
-    thumbnails = b"".join(rgb.resize((side, side), Image.BOX, box=box).tobytes() for side in (THUMB_SIDE, THUMB_SIDE + 1))
+    thumbnails = b"".join(
+        rgb.resize((side, side), Image.BOX, box=box).tobytes() for side in (THUMB_SIDE, THUMB_SIDE + 1)
+    )
     grey = np.asarray(rgb.convert("L").resize((TEXTURE_SIDE, TEXTURE_SIDE), Image.BILINEAR, box=box), dtype=np.float32)
     texture = float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
     return thumbnails, texture, float(np.log(width / height))

@@ -35,7 +35,10 @@ def select(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, Funnel, lis
     rules = build_rules(config, table.column_names)
     keep, funnel = apply_rules(table, rules)
     selected = table.filter(pa.array(keep)).select([name for name in VIEW_SCHEMA.names if name in table.column_names])
-    resolved = [{"rule": step["rule"], **{k: v for k, v in step.items() if k not in ("rule", "dropped")}} for step in funnel.steps]
+    resolved = [
+        {"rule": step["rule"], **{k: v for k, v in step.items() if k not in ("rule", "dropped")}}
+        for step in funnel.steps
+    ]
     return selected, funnel, resolved
 
 
@@ -58,7 +61,9 @@ def filter_view(root: str | os.PathLike, config: FilterConfig | None = None, *, 
         raise ValueError(f"{root} holds no complete shard: nothing to filter")
     selected, funnel, resolved = select(read_table(root), config)
     metadata = {
-        RULES_KEY: json.dumps({"config": config.to_dict(), "rules": resolved}, sort_keys=True, default=_json_number).encode(),
+        RULES_KEY: json.dumps(
+            {"config": config.to_dict(), "rules": resolved}, sort_keys=True, default=_json_number
+        ).encode(),
         FUNNEL_KEY: json.dumps(funnel.to_dict(), sort_keys=True, default=_json_number).encode(),
     }
     return write_parquet(selected.replace_schema_metadata(metadata), path, VIEW_SCHEMA)
@@ -68,8 +73,12 @@ def read_view(root: str | os.PathLike, name: str) -> pa.Table:
     """The view's table (VIEW_SCHEMA, with rules and funnel in its metadata)."""
     path = view_path(root, name)
     if not path.exists():
-        existing = sorted(p.stem for p in layout.views_dir(root).glob("*.parquet")) if layout.views_dir(root).is_dir() else []
-        raise FileNotFoundError(f"no view {name!r} in {root} (views: {existing or 'none'}); make one with `mmdata filter`")
+        existing = (
+            sorted(p.stem for p in layout.views_dir(root).glob("*.parquet")) if layout.views_dir(root).is_dir() else []
+        )
+        raise FileNotFoundError(
+            f"no view {name!r} in {root} (views: {existing or 'none'}); make one with `mmdata filter`"
+        )
     return pq.read_table(path)
 
 

@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
-_EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
+_EXTENSIONS = {
+    ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt",
+}
 _BLOCK_BYTES = 1 << 20  # the streaming CSV reader reads ~32 blocks ahead: keep that bounded
 _TXT_BATCH_ROWS = 65_536
 
@@ -151,7 +153,10 @@ def _format_from_name(path: Path, *, strict: bool) -> str | None:
 
 
 def _iter_batches(spec: InputSpec) -> Iterator[pa.RecordBatch]:
-    readers = {"parquet": _read_parquet, "csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "txt": _read_txt}
+    readers = {
+        "parquet": _read_parquet, "csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
+        "txt": _read_txt,
+    }
     for path, file_format in input_files(spec):
         try:
             for batch in readers[file_format](path, file_format, spec):
@@ -214,7 +219,9 @@ def _read_delimited(path: Path, file_format: str, spec: InputSpec) -> Iterator[p
         names = list(spec.columns)
         read = pa_csv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES)
     else:
-        with pa_csv.open_csv(_stream(path), parse_options=parse, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES)) as peek:
+        with pa_csv.open_csv(
+            _stream(path), parse_options=parse, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES)
+        ) as peek:
             names = peek.schema.names
         read = pa_csv.ReadOptions(block_size=_BLOCK_BYTES)
     columns = _wanted_columns(spec, names)

@@ -25,15 +25,13 @@ from mmdata.atomic import write_json
 from mmdata.download.config import DownloadConfig
 from mmdata.download.inputs import count_rows, iter_input_shards
 from mmdata.download.summary import format_summary
-from mmdata.download.worker import ProgressFeed
-from mmdata.download.worker import download_shard, retry_shard, transient_failures
+from mmdata.download.worker import ProgressFeed, download_shard, retry_shard, transient_failures
 from mmdata.execution import Execution, StageProgress, using
-from mmdata.options import stage_settings
 from mmdata.execution.progress import COUNT, SUCCESSES
+from mmdata.options import stage_settings
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 from mmdata.stats import load_shard_stats, total_stats
 from mmdata.writer_lock import remove_unheld_temporaries
-
 
 
 def download(config: DownloadConfig | None = None, *, execution: Execution = None, **options) -> dict:
@@ -152,7 +150,9 @@ def _write_manifest(config: DownloadConfig, input_shards: int, last_run: dict) -
     expected = [layout.shard_name(shard) for shard in range(input_shards)]
     if names != expected:
         missing = sorted(set(expected) - set(names))
-        raise RuntimeError(f"download incomplete: shards {missing[:10]} have no stats; re-run the same command to resume")
+        raise RuntimeError(
+            f"download incomplete: shards {missing[:10]} have no stats; re-run the same command to resume"
+        )
     manifest = {
         "mmdata_version": __version__,
         "schema": {"samples": SAMPLE_SCHEMA.metadata[b"mmdata.schema"].decode(), "fields": SAMPLE_SCHEMA.names},

@@ -14,9 +14,9 @@ import collections
 import contextlib
 from typing import Any, Callable, Iterable
 
+from mmdata.execution import signals
 from mmdata.execution.config import ExecutionConfig
 from mmdata.execution.progress import StageProgress
-from mmdata.execution import signals
 from mmdata.execution.signals import Interrupted
 
 

@@ -64,7 +64,9 @@ class ProcessExecutor(Executor):
     def _tasks(self, function: Callable[..., Any], num_cpus: float) -> Iterator[Backend]:
         self._context.set_forkserver_preload([function.__module__])  # only before the server's first start
         limit = max(1, int(self.concurrency // max(num_cpus, 1)))
-        pool = ProcessPoolExecutor(limit, mp_context=self._context, initializer=_start_worker, initargs=(self._queue, None))
+        pool = ProcessPoolExecutor(
+            limit, mp_context=self._context, initializer=_start_worker, initargs=(self._queue, None)
+        )
         try:
             yield _PoolCalls([pool] * limit, lambda pool, arguments: pool.submit(function, *arguments), self.reports)
         finally:

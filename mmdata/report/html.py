@@ -43,7 +43,8 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2em; } section { margin: 2em 0; border-top: 1px solid #ddd; padding-top: 0.5em; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } \
+th:first-child, td:first-child { text-align: left; }
 .not-run { color: #8a6d3b; background: #fcf8e3; padding: 0.5em 1em; border-radius: 4px; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; } .grid figure { margin: 0; width: 140px; font-size: 0.75em; }
 .grid img { width: 128px; height: 128px; object-fit: contain; background: #eee; display: block; }
@@ -154,7 +155,9 @@ def _domains_section(facts: ReportFacts) -> str:
     order = sorted(by_domain, key=lambda d: -sum(by_domain[d].values()))[:20]
     status_names = [s for s, _ in Counter(statuses).most_common()]
     series = {status: [by_domain[d][status] for d in order] for status in status_names}
-    parts = [f'<img class="chart" alt="statuses by domain" src="{plots.stacked_bars(order, series, "Status by domain")}">']
+    parts = [
+        f'<img class="chart" alt="statuses by domain" src="{plots.stacked_bars(order, series, "Status by domain")}">'
+    ]
     parts.append(_table(["domain", *status_names], [[d, *[by_domain[d][s] for s in status_names]] for d in order]))
     if "error_class" in facts.table.column_names:
         errors: Counter = Counter()
@@ -196,7 +199,8 @@ def _scores_section(facts: ReportFacts) -> str:
         parts.append(_not_run("filter", "no view with a clip-score rule, so no threshold to draw"))
     else:
         parts.append(f"<p>Threshold {threshold:.4f} from view <code>{_e(facts.view.name)}</code>: "
-                     f"{int((scores >= threshold).sum()):,} pairs at or above, {int((scores < threshold).sum()):,} below.</p>")
+                     f"{int((scores >= threshold).sum()):,} pairs at or above, "
+                     f"{int((scores < threshold).sum()):,} below.</p>")
     return "".join(parts)
 
 
@@ -209,7 +213,9 @@ def _threshold_section(facts: ReportFacts, thumbnails: "_Thumbnails", grid_size:
     above = [i for i in np.argsort(scores) if scores[i] >= threshold][:grid_size]
     below = [i for i in np.argsort(-scores) if scores[i] < threshold][:grid_size]
     parts = []
-    for title, indices in ((f"Just above {threshold:.4f} (kept)", above), (f"Just below {threshold:.4f} (dropped)", below)):
+    for title, indices in (
+        (f"Just above {threshold:.4f} (kept)", above), (f"Just below {threshold:.4f} (dropped)", below)
+    ):
         parts.append(f"<h3>{_e(title)}</h3>")
         figures = [_figure(thumbnails, table, int(i), f"{scores[i]:.3f}") for i in indices]
         parts.append('<div class="grid">' + "".join(figures) + "</div>" if figures else "<p>None.</p>")
@@ -222,7 +228,9 @@ def _duplicates_section(facts: ReportFacts, thumbnails: "_Thumbnails", clusters_
     table = facts.table
     row_of = {key: i for i, key in enumerate(table.column("key").to_pylist())}
     clusters: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, (kept, reason) in enumerate(zip(table.column("duplicate_of").to_pylist(), table.column("dup_reason").to_pylist())):
+    for i, (kept, reason) in enumerate(
+        zip(table.column("duplicate_of").to_pylist(), table.column("dup_reason").to_pylist())
+    ):
         if kept is not None and kept in row_of:
             clusters[reason or "unknown"][kept].append(i)
     similarity = table.column("dup_similarity").to_pylist() if "dup_similarity" in table.column_names else None
@@ -307,8 +315,10 @@ class _Thumbnails:
 
             with open(path, "rb") as handle:
                 members = scan_members(handle)
-            self._scanned[shard] = dict(zip(members.column("key").to_pylist(),
-                                            zip(members.column("tar_offset").to_pylist(), members.column("tar_size").to_pylist())))
+            self._scanned[shard] = dict(zip(
+                members.column("key").to_pylist(),
+                zip(members.column("tar_offset").to_pylist(), members.column("tar_size").to_pylist()),
+            ))
         return self._scanned[shard]
 
 

@@ -18,10 +18,10 @@ from mmdata import layout
 from mmdata.atomic import remove_temporaries, write_json
 from mmdata.execution import Execution, StageProgress, using
 from mmdata.options import stage_settings
+from mmdata.schemas.samples import SUCCESS
 from mmdata.score import store
 from mmdata.score.config import ScoreConfig
 from mmdata.score.model import ModelSpec, resolve_model
-from mmdata.schemas.samples import SUCCESS
 from mmdata.stats import Stats
 
 # model.json is the provenance dict plus these fields about the runs that wrote the tables.
@@ -136,7 +136,9 @@ class _Run:
             "actors": self.actors,
         }
         if self.record is not None and (self.actors or self.record.get("last_run") is None):
-            self.record.update(last_run={key: summary[key] for key in ("shards", "shards_skipped", "counts", "seconds")})
+            self.record.update(
+                last_run={key: summary[key] for key in ("shards", "shards_skipped", "counts", "seconds")}
+            )
             if self.actors:
                 self.record["scored_at"] = _now()
             store.write_model_record(self.root, self.spec.model_id, self.record)
@@ -148,7 +150,11 @@ def _check_same_model(record: dict | None, spec: ModelSpec, config: ScoreConfig)
     """A re-run adds to existing tables only with the same weights and the same embedding choice."""
     if record is None:
         return
-    current = {"model_config_sha256": spec.config_sha256, "weights": spec.weights, "checkpoint_sha256": spec.checkpoint_sha256}
+    current = {
+        "model_config_sha256": spec.config_sha256,
+        "weights": spec.weights,
+        "checkpoint_sha256": spec.checkpoint_sha256,
+    }
     different = [name for name in _IDENTITY_FIELDS if record.get(name) != current[name]]
     if spec.weights == "tag" and record.get("pretrained") != spec.pretrained:
         different.append("pretrained")
@@ -209,7 +215,9 @@ def plan_actors(config: ScoreConfig, shards_to_score: int, cluster_cpus: float, 
         )
     num_cpus = config.cpus_per_actor or max(1, int(cluster_cpus // actors))
     if num_cpus * actors > cluster_cpus + 1e-9:
-        raise ValueError(f"{actors} actor(s) x {num_cpus:g} CPUs need more than the cluster's {cluster_cpus:g}; lower --actors")
+        raise ValueError(
+            f"{actors} actor(s) x {num_cpus:g} CPUs need more than the cluster's {cluster_cpus:g}; lower --actors"
+        )
     return ActorPlan(actors=actors, num_cpus=num_cpus, num_gpus=num_gpus)
 
 

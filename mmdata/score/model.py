@@ -100,7 +100,9 @@ def resolve_model(model: str, pretrained: str | None = None) -> ModelSpec:
     ):
         path = Path(model)
         if not path.is_file():
-            raise FileNotFoundError(f"model config {model} does not exist (pass an open_clip model name or a config JSON)")
+            raise FileNotFoundError(
+                f"model config {model} does not exist (pass an open_clip model name or a config JSON)"
+            )
         config = _read_config(path)
         config_sha256 = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         arch, model = path.stem, str(path.resolve())  # absolute: the record must not depend on the cwd
@@ -134,7 +136,9 @@ def resolve_model(model: str, pretrained: str | None = None) -> ModelSpec:
         tags = open_clip.list_pretrained_tags_by_model(open_clip_name)
         if pretrained not in tags:
             known = ", ".join(tags) or "none: pass a local checkpoint file instead"
-            raise ModelLoadError(f"{pretrained!r} is not a checkpoint file nor a pretrained tag of {model} (tags: {known})")
+            raise ModelLoadError(
+                f"{pretrained!r} is not a checkpoint file nor a pretrained tag of {model} (tags: {known})"
+            )
         weights, weights_id = "tag", pretrained
     model_id = _UNSAFE_ID_CHARS.sub("-", f"{arch}__{weights_id}").strip("-.")
     return ModelSpec(
@@ -339,7 +343,9 @@ def _read_config(path: Path) -> dict:
         raise ModelLoadError(f"model config {path} is not readable JSON: {error}") from error
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
     if missing:
-        raise ModelLoadError(f"model config {path} lacks {missing}: an open_clip config has embed_dim, vision_cfg, text_cfg")
+        raise ModelLoadError(
+            f"model config {path} lacks {missing}: an open_clip config has embed_dim, vision_cfg, text_cfg"
+        )
     return config
 
 

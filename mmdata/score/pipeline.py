@@ -71,7 +71,9 @@ class DevicePreprocess:
         self.clip = clip
         steps = list(getattr(clip.preprocess, "transforms", []))
         self.split = (
-            len(steps) >= 2 and isinstance(steps[-1], transforms.Normalize) and isinstance(steps[-2], transforms.ToTensor)
+            len(steps) >= 2
+            and isinstance(steps[-1], transforms.Normalize)
+            and isinstance(steps[-2], transforms.ToTensor)
         )
         if self.split:
             self.cpu_transform = transforms.Compose(steps[:-2])
@@ -263,7 +265,9 @@ class ShardOutcome:
     error: str | None = None
 
 
-def score_tar(scorer: ShardScorer, shard: str, tar_path: str | Path, output_path: str | Path, on_progress=None) -> ShardOutcome:
+def score_tar(
+    scorer: ShardScorer, shard: str, tar_path: str | Path, output_path: str | Path, on_progress=None
+) -> ShardOutcome:
     """Score one shard; a tar the safe reader refuses fails the shard (counted), not the job."""
     try:
         return ShardOutcome(shard, scorer.score_shard(tar_path, output_path, on_progress))

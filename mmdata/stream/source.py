@@ -173,12 +173,16 @@ class FsspecSource(Source):
         try:
             import fsspec
         except ImportError as error:
-            raise ValueError(f"reading {location!r} needs fsspec: pip install fsspec (and the filesystem's package)") from error
+            raise ValueError(
+                f"reading {location!r} needs fsspec: pip install fsspec (and the filesystem's package)"
+            ) from error
         self.location = location.rstrip("/")
         try:
             self._fs, self._root = fsspec.core.url_to_fs(self.location)
         except (ImportError, ValueError) as error:
-            raise ValueError(f"no fsspec filesystem for {location!r}: {error} (install the filesystem's package)") from error
+            raise ValueError(
+                f"no fsspec filesystem for {location!r}: {error} (install the filesystem's package)"
+            ) from error
 
     def read_file(self, name: str) -> bytes:
         try:
@@ -191,7 +195,9 @@ class FsspecSource(Source):
 
     def list_names(self, pattern: str) -> list[str]:
         prefix = self._root.rstrip("/") + "/"
-        return sorted(path[len(prefix) :] if path.startswith(prefix) else path for path in self._fs.glob(prefix + pattern))
+        return sorted(
+            path[len(prefix) :] if path.startswith(prefix) else path for path in self._fs.glob(prefix + pattern)
+        )
 
     def cache_token(self, name: str) -> str:
         info = self._fs.info(f"{self._root}/{name}")

@@ -141,14 +141,24 @@ def build_corpus(bases: int = 60, *, seed: int = 0) -> list[Planted]:
         original = encode(image, "jpeg", quality=90)
         corpus.append(Planted(f"b{base}-original", base, "original", original, "jpg", scene))
         corpus.append(Planted(f"b{base}-copy", base, "copy", original, "jpg", scene))
-        corpus.append(Planted(f"b{base}-png_resave", base, "png_resave", encode(image, "png", compress_level=9), "png", scene))
-        corpus.append(Planted(f"b{base}-png_original", base, "png_original", encode(image, "png", compress_level=1), "png", scene))
+        corpus.append(Planted(
+            f"b{base}-png_resave", base, "png_resave", encode(image, "png", compress_level=9), "png", scene
+        ))
+        corpus.append(Planted(
+            f"b{base}-png_original", base, "png_original", encode(image, "png", compress_level=1), "png", scene
+        ))
         for kind in NEAR_KINDS:
             changed, image_format, options = variant(image, kind, rng)
-            corpus.append(Planted(f"b{base}-{kind}", base, kind, encode(changed, image_format, **options), "jpg", scene))
+            corpus.append(Planted(
+                f"b{base}-{kind}", base, kind, encode(changed, image_format, **options), "jpg", scene
+            ))
         again, alike = redraw(scene, rng), lookalike(scene, rng)
-        corpus.append(Planted(f"b{base}-redraw", base, "redraw", encode(render(again), "jpeg", quality=90), "jpg", again))
-        corpus.append(Planted(f"b{base}-lookalike", base, "lookalike", encode(render(alike), "jpeg", quality=90), "jpg", alike))
+        corpus.append(Planted(
+            f"b{base}-redraw", base, "redraw", encode(render(again), "jpeg", quality=90), "jpg", again
+        ))
+        corpus.append(Planted(
+            f"b{base}-lookalike", base, "lookalike", encode(render(alike), "jpeg", quality=90), "jpg", alike
+        ))
     return corpus
 
 
@@ -203,8 +213,8 @@ def write_dataset(
 
     from mmdata import layout
     from mmdata.atomic import write_json, write_parquet
-    from mmdata.shard_output import ShardOutput
     from mmdata.schemas.scores import score_schema
+    from mmdata.shard_output import ShardOutput
 
     rows = []
     for position, item in enumerate(items):
@@ -219,22 +229,27 @@ def write_dataset(
                 key = layout.sample_key(shard, row, shard_size)
                 url = f"http://example.test/{shard}/{row}.jpg"
                 if entry is None:
-                    out.add({"key": key, "uid": layout.sample_uid(url, None), "url": url, "status": "failed_to_download", "error_message": "404"})
+                    out.add({"key": key, "uid": layout.sample_uid(url, None), "url": url,
+                             "status": "failed_to_download", "error_message": "404"})
                     continue
                 index = len(item_keys)
                 caption = captions[index] if captions is not None else f"{entry.kind} scene {entry.base}"
                 width, height = _size(entry.image)
                 out.add(
-                    {"key": key, "uid": layout.sample_uid(url, caption), "url": url, "caption": caption, "status": "success",
-                     "width": width, "height": height, "image_format": entry.image_format},
+                    {"key": key, "uid": layout.sample_uid(url, caption), "url": url, "caption": caption,
+                     "status": "success", "width": width, "height": height, "image_format": entry.image_format},
                     {entry.image_format: entry.image, "txt": caption.encode()},
                 )
                 item_keys.append(key)
                 if scores is not None:
                     score_rows.append(
                         {"key": key, "clip_score": scores[index],
-                         "image_embedding": None if embeddings is None else embeddings[index].astype(np.float16).tolist(),
-                         "text_embedding": None if embeddings is None else embeddings[index].astype(np.float16).tolist()}
+                         "image_embedding": (
+                             None if embeddings is None else embeddings[index].astype(np.float16).tolist()
+                         ),
+                         "text_embedding": (
+                             None if embeddings is None else embeddings[index].astype(np.float16).tolist()
+                         )}
                     )
             out.commit({"count": len(rows[start : start + shard_size])})
         if scores is not None:

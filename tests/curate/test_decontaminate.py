@@ -5,9 +5,9 @@ import io
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from curate_corpus import build_corpus, encode, random_scene, render, variant, write_dataset
 from PIL import Image, ImageOps
 
-from curate_corpus import build_corpus, encode, render, random_scene, variant, write_dataset
 from mmdata import layout
 from mmdata.cli import main as cli_main
 from mmdata.curate.decontaminate import decontaminate, encode_images
@@ -39,14 +39,21 @@ def test_folder_of_images_marks_exact_and_near_matches(dataset, tmp_path, capsys
     original = items[key_of(items, 0, "original")]
     png = items[key_of(items, 1, "png_original")]
     (evaluation / "copy.jpg").write_bytes(original.image)  # same bytes as scene 0's original and copy
-    (evaluation / "nested" / "resaved.png").write_bytes(encode(decoded(png.image), "png", compress_level=6))  # same pixels
-    cropped, image_format, options = variant(decoded(items[key_of(items, 2, "original")].image), "crop", np.random.default_rng(0))
+    # same pixels
+    (evaluation / "nested" / "resaved.png").write_bytes(encode(decoded(png.image), "png", compress_level=6))
+    cropped, image_format, options = variant(
+        decoded(items[key_of(items, 2, "original")].image), "crop", np.random.default_rng(0)
+    )
     (evaluation / "crop.jpg").write_bytes(encode(cropped, image_format, **options))
-    (evaluation / "unrelated.jpg").write_bytes(encode(render(random_scene(np.random.default_rng(123))), "jpeg", quality=90))
+    (evaluation / "unrelated.jpg").write_bytes(
+        encode(render(random_scene(np.random.default_rng(123))), "jpeg", quality=90)
+    )
     (evaluation / "notes.txt").write_text("not an image")
     (evaluation / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
 
-    assert cli_main(["decontaminate", str(root), "--against", str(evaluation), "--no-embedding", "--executor", "inline"]) == 0
+    assert cli_main(
+        ["decontaminate", str(root), "--against", str(evaluation), "--no-embedding", "--executor", "inline"]
+    ) == 0
     printed = capsys.readouterr().out
     assert f"{'eval_images':<24}{5:>12,}" in printed and f"{'eval_undecodable':<24}{1:>12,}" in printed
     table = pq.read_table(layout.annotations_dir(root) / "contamination.parquet")

@@ -6,14 +6,14 @@ from collections import defaultdict
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from curate_corpus import NEAR_KINDS, PIXEL_MODEL_ID, build_corpus, scene_embeddings, write_dataset
+
 from mmdata import layout
-from mmdata.execution import ExecutionConfig
 from mmdata.cli import main as cli_main
 from mmdata.curate.components import connected_components
 from mmdata.curate.dedup import DedupConfig, DedupInputs, dedup, find_duplicates
 from mmdata.curate.hashes import NearHashes, cache_path, dataset_hashes, near_matches
+from mmdata.execution import ExecutionConfig
 
 # the tier that links each planted kind to its original (which is kept: it has the top clip_score)
 EXPECTED_TIER = {"copy": "exact", "png_original": "near", "png_resave": "near", "redraw": "semantic"}
@@ -44,7 +44,8 @@ def tier_metrics(table, items):
         correct = sum(group[row["key"]] == group[row["duplicate_of"]] for row in flagged)
         responsible = [row for row in rows if EXPECTED_TIER.get(items[row["key"]].kind) == tier]
         found = sum(
-            row["duplicate_of"] is not None and items[row["duplicate_of"]].kind == "original" and group[row["key"]] == group[row["duplicate_of"]]
+            row["duplicate_of"] is not None and items[row["duplicate_of"]].kind == "original"
+            and group[row["key"]] == group[row["duplicate_of"]]
             and TIERS.index(row["dup_reason"]) <= TIERS.index(tier)
             for row in responsible
         )
@@ -65,7 +66,10 @@ def test_exact_tier_alone_finds_copies_and_pixel_identical_files(planted):
         if item.kind == "copy":
             assert row["dup_reason"] == "exact" and items[row["duplicate_of"]].kind == "original"
         elif item.kind in ("png_original", "png_resave"):
-            partner = [k for k, i in items.items() if i.base == item.base and i.kind in ("png_original", "png_resave") and k != key][0]
+            partner = [
+                k for k, i in items.items()
+                if i.base == item.base and i.kind in ("png_original", "png_resave") and k != key
+            ][0]
             assert row["duplicate_of"] in (None, partner)
         else:
             assert row["duplicate_of"] is None
@@ -150,7 +154,9 @@ def test_transitive_duplicates_keep_the_best_scored_sample():
 def test_multi_index_hashing_finds_what_the_flat_scan_finds():
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 2**63, 3000, dtype=np.uint64)
-    flips = np.array([sum(1 << int(b) for b in rng.choice(64, i % 12, replace=False)) for i in range(3000)], dtype=np.uint64)
+    flips = np.array(
+        [sum(1 << int(b) for b in rng.choice(64, i % 12, replace=False)) for i in range(3000)], dtype=np.uint64
+    )
     neighbours = codes ^ flips
     colours = np.zeros((3000, 6), dtype=np.float32)
     query = NearHashes(codes, np.repeat(codes[:, None], 9, axis=1), colours)
@@ -168,7 +174,7 @@ def test_connected_components_match_a_plain_union_find():
         left, right = rng.integers(0, count, 150), rng.integers(0, count, 150)
         parent = list(range(count))
 
-        def find(node):
+        def find(node, parent=parent):
             while parent[node] != node:
                 node = parent[node]
             return node

@@ -17,8 +17,8 @@ import mmdata
 from mmdata import layout
 from mmdata.curate.hashes import NearHashes, hash_rows
 from mmdata.curate.thumbnails import content_box, verified
-from mmdata.shard_output import ShardOutput
 from mmdata.download.image import ImageOptions, process_image
+from mmdata.shard_output import ShardOutput
 from mmdata.synthetic import Scene, SyntheticConfig, draw_scene, encode, generate_corpus, near_duplicate
 
 CONFIG = SyntheticConfig(samples=600, seed=11)  # the demo's image sizes (200-800 px); 36 near duplicates
@@ -39,8 +39,8 @@ def demo_dataset(tmp_path_factory):
                 key = layout.sample_key(shard, position, SHARD_SIZE)
                 url = f"http://127.0.0.1/{row['path'].lstrip('/')}"
                 result = process_image((corpus / "files" / row["path"].lstrip("/")).read_bytes(), options)
-                sample = {"key": key, "uid": layout.sample_uid(url, row["caption"]), "url": url, "caption": row["caption"],
-                          "status": result.status, "error_message": result.error_message}
+                sample = {"key": key, "uid": layout.sample_uid(url, row["caption"]), "url": url,
+                          "caption": row["caption"], "status": result.status, "error_message": result.error_message}
                 if result.status != "success":
                     out.add(sample)
                     continue
@@ -84,7 +84,9 @@ def test_the_hash_alone_is_not_precise_here(demo_dataset):
     # the failure the content verification exists for: without it, background-dominated hashes of
     # plainly different pictures chain into false groups
     root, truth_of_key = demo_dataset
-    quality = near_quality(mmdata.dedup(root, exact=True, near=True, thumbnail_tolerance=None, executor="inline").table, truth_of_key)
+    quality = near_quality(
+        mmdata.dedup(root, exact=True, near=True, thumbnail_tolerance=None, executor="inline").table, truth_of_key
+    )
     assert quality["precision"] < 0.9, quality
 
 
@@ -97,12 +99,15 @@ def test_content_is_compared_without_the_border_padding():
 
     original = draw_scene(Scene(2, "orange", "diamond", "grey", "striped"), 400, 200, rng)
     other_shape = draw_scene(Scene(2, "orange", "hexagon", "grey", "plain"), 400, 200, rng)
-    images = [stored(original), stored(near_duplicate(original, "crop", rng)), stored(near_duplicate(original, "colour_shift", rng)),
-              stored(other_shape)]
+    images = [stored(original), stored(near_duplicate(original, "crop", rng)),
+              stored(near_duplicate(original, "colour_shift", rng)), stored(other_shape)]
     with Image.open(io.BytesIO(images[0])) as padded:
         left, top, right, bottom = content_box(padded.convert("RGB"))
-    assert (left, right) == (0, 256) and abs(top - 64) <= 1 and abs(bottom - 192) <= 1  # 2:1 picture, white bars above and below
+    # 2:1 picture, white bars above and below
+    assert (left, right) == (0, 256) and abs(top - 64) <= 1 and abs(bottom - 192) <= 1
     _, hashes = NearHashes.from_table(hash_rows([(str(i), blob) for i, blob in enumerate(images)]))
     first = hashes.take(np.zeros(4, dtype=np.int64))
-    agree = verified(first.thumbnails, hashes.thumbnails, first.texture, hashes.texture, first.aspect, hashes.aspect, 64.0)
+    agree = verified(
+        first.thumbnails, hashes.thumbnails, first.texture, hashes.texture, first.aspect, hashes.aspect, 64.0
+    )
     assert agree.tolist() == [True, True, True, False]  # itself, the crop, the brightness shift; not the other shape

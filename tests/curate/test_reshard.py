@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from curate_corpus import PIXEL_MODEL_ID, build_corpus, scene_embeddings, write_dataset
+
 from mmdata import layout
 from mmdata.cli import main as cli_main
 from mmdata.curate.reshard import reshard
@@ -37,7 +37,9 @@ def members_by_key(root):
 def test_reshard_writes_exactly_the_view(source, tmp_path, capsys):
     root, view = source
     output = tmp_path / "out"
-    assert cli_main(["reshard", str(root), "--view", "best", "--output", str(output), "--shard-size", "7", "--executor", "inline"]) == 0
+    assert cli_main([
+        "reshard", str(root), "--view", "best", "--output", str(output), "--shard-size", "7", "--executor", "inline"
+    ]) == 0
     manifest = json.loads(layout.manifest_path(output).read_text())
     selected = view.column("key").to_pylist()
     assert manifest["samples"] == len(selected) == manifest["stats"]["successes"]
@@ -51,7 +53,9 @@ def test_reshard_writes_exactly_the_view(source, tmp_path, capsys):
 
     old, new = members_by_key(root), members_by_key(output)
     for row in table.to_pylist():
-        assert new[row["key"]]["jpg" if "jpg" in new[row["key"]] else "png"] == old[row["source_key"]].get("jpg", old[row["source_key"]].get("png"))
+        assert new[row["key"]]["jpg" if "jpg" in new[row["key"]] else "png"] == old[row["source_key"]].get(
+            "jpg", old[row["source_key"]].get("png")
+        )
         assert new[row["key"]]["txt"] == old[row["source_key"]]["txt"]
 
     source_table = read_table(root)

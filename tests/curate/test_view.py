@@ -5,17 +5,20 @@ import json
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from curate_corpus import build_corpus, encode, random_scene, render, write_dataset
 
-from curate_corpus import build_corpus, encode, render, random_scene, write_dataset
 from mmdata import layout
 from mmdata.cli import main as cli_main
-from mmdata.curate.dedup import dedup
 from mmdata.curate.decontaminate import decontaminate
+from mmdata.curate.dedup import dedup
 from mmdata.curate.view import filter_view, read_view, view_funnel, view_rules
 from mmdata.shards import SampleSpan, read_sample
 from mmdata.table import read_table
 
-WORDS = ["a red circle", "photo of two blue squares on a beige background", "stock image watermark", "", "cat", "a b c d e f g h"]
+WORDS = [
+    "a red circle", "photo of two blue squares on a beige background", "stock image watermark", "", "cat",
+    "a b c d e f g h",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def test_funnel_adds_up_and_status_comes_first(dataset):
     assert funnel["rows_in"] - sum(step["dropped"] for step in funnel["steps"]) == funnel["rows_out"] == view.num_rows
     expected = [
         row["key"] for row in successes(root).to_pylist()
-        if min(row["width"], row["height"]) >= 130 and max(row["width"], row["height"]) / min(row["width"], row["height"]) <= 1.3
+        if min(row["width"], row["height"]) >= 130
+        and max(row["width"], row["height"]) / min(row["width"], row["height"]) <= 1.3
         and 1 <= len(row["caption"].split()) <= 6
     ]
     assert view.column("key").to_pylist() == expected
@@ -74,7 +78,10 @@ def test_top_fraction_is_the_global_quantile(dataset):
 def test_min_clip_score_and_caption_exclusion(dataset):
     root, _ = dataset
     view = filter_view(root, view="scored", min_clip_score=0.2, exclude_caption_regex="(?i)watermark")
-    expected = [row["key"] for row in successes(root).to_pylist() if row["clip_score"] >= 0.2 and "watermark" not in row["caption"]]
+    expected = [
+        row["key"] for row in successes(root).to_pylist()
+        if row["clip_score"] >= 0.2 and "watermark" not in row["caption"]
+    ]
     assert view.column("key").to_pylist() == expected
     with pytest.raises(ValueError, match="clip_score__nope"):
         filter_view(root, view="x", min_clip_score=0.2, score_model="nope")
@@ -82,7 +89,9 @@ def test_min_clip_score_and_caption_exclusion(dataset):
 
 def test_where_is_duckdb_sql_over_the_table_columns(dataset, capsys):
     root, _ = dataset
-    code = cli_main(["filter", str(root), "--view", "wide", "--where", "width > height AND caption LIKE '%a%' AND shard = '00001'"])
+    code = cli_main([
+        "filter", str(root), "--view", "wide", "--where", "width > height AND caption LIKE '%a%' AND shard = '00001'"
+    ])
     assert code == 0
     printed = capsys.readouterr().out
     view = read_view(root, "wide")
@@ -94,7 +103,9 @@ def test_where_is_duckdb_sql_over_the_table_columns(dataset, capsys):
     funnel = view_funnel(view)
     assert "- where" in printed and f"{funnel['rows_out']:>12,}" in printed
     quoted = filter_view(root, view="quoted", where='"clip_score__scene-descriptor" >= 0.2')
-    assert quoted.column("key").to_pylist() == [row["key"] for row in successes(root).to_pylist() if row["clip_score"] >= 0.2]
+    assert quoted.column("key").to_pylist() == [
+        row["key"] for row in successes(root).to_pylist() if row["clip_score"] >= 0.2
+    ]
     assert cli_main(["filter", str(root), "--view", "bad", "--where", "no_such_column > 1"]) == 2
     assert "not a valid SQL" in capsys.readouterr().err
 

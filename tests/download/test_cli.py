@@ -6,9 +6,9 @@ import io
 import json
 import uuid
 
+from download_checks import check_dataset
 from PIL import Image
 
-from download_checks import check_dataset
 from mmdata import layout
 from mmdata.cli import main
 
@@ -21,7 +21,9 @@ def test_download_headerless_tsv_then_stats(http_server, ray_local, tmp_path, ca
     ]
     rows.append({"url": http_server.url("/status/404"), "caption": "gone"})
     source = tmp_path / "cc3m.tsv"  # CC3M's layout: caption<TAB>url, no header; plus a source column
-    source.write_text("".join(f"{row['caption']}\t{row['url']}\tsrc-{i}\n" for i, row in enumerate(rows)), encoding="utf-8")
+    source.write_text(
+        "".join(f"{row['caption']}\t{row['url']}\tsrc-{i}\n" for i, row in enumerate(rows)), encoding="utf-8"
+    )
     output = tmp_path / "out"
 
     code = main([

@@ -10,11 +10,11 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from download_checks import check_dataset, write_input
+from http_server import image_bytes
 from PIL import Image
 
 import mmdata
-from download_checks import check_dataset, write_input
-from http_server import image_bytes
 from mmdata import layout
 from mmdata.download.config import DownloadConfig
 from mmdata.download.worker import FETCH_AHEAD_PER_THREAD, RowDownloader, download_shard
@@ -70,7 +70,9 @@ def route_rows(server, run: str) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("input_format, executor", [("parquet", "ray"), ("csv", "ray"), ("tsv", "ray"), ("parquet", "processes")])
+@pytest.mark.parametrize(
+    "input_format, executor", [("parquet", "ray"), ("csv", "ray"), ("tsv", "ray"), ("parquet", "processes")]
+)
 def test_every_route_becomes_the_right_row(http_server, ray_local, tmp_path, input_format, executor):
     run = uuid.uuid4().hex[:8]
     rows = route_rows(http_server, run)
@@ -108,7 +110,10 @@ def test_every_route_becomes_the_right_row(http_server, ray_local, tmp_path, inp
 def test_shard_is_written_in_input_order_with_sha256_of_the_body(http_server, tmp_path):
     """The worker alone (no Ray): members in row order, hash of the downloaded bytes, caption as is."""
     names = [f"order-{index}" for index in range(12)]
-    urls = [http_server.url(f"/img/{name}.jpg?w=100&h=50&delay={0.2 if index == 0 else 0}") for index, name in enumerate(names)]
+    urls = [
+        http_server.url(f"/img/{name}.jpg?w=100&h=50&delay={0.2 if index == 0 else 0}")
+        for index, name in enumerate(names)
+    ]
     captions = ["", None, "日本語のキャプション", *[f"c{index}" for index in range(9)]]
     config = DownloadConfig.from_options(input=tmp_path, output_dir=tmp_path / "out", shard_size=100, **OPTIONS)
 
@@ -121,7 +126,9 @@ def test_shard_is_written_in_input_order_with_sha256_of_the_body(http_server, tm
     assert reports[-1] == ({"samples": 12, "successes": 12}, True)
     table = pq.read_table(layout.parquet_path(tmp_path / "out", 3))
     assert table["key"].to_pylist() == [layout.sample_key(3, index, 100) for index in range(12)]
-    assert table["sha256"].to_pylist() == [hashlib.sha256(image_bytes(name, "jpg", 100, 50)).hexdigest() for name in names]
+    assert table["sha256"].to_pylist() == [
+        hashlib.sha256(image_bytes(name, "jpg", 100, 50)).hexdigest() for name in names
+    ]
     assert stats["bytes_downloaded"] == sum(len(image_bytes(name, "jpg", 100, 50)) for name in names)
     stored = list(iter_samples(layout.tar_path(tmp_path / "out", 3)))
     assert [key for key, _ in stored] == table["key"].to_pylist()

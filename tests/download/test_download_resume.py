@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-import mmdata
 from download_checks import check_dataset, read_metadata, tar_samples, write_input
 from session_kill import kill_session
+
+import mmdata
 from mmdata import layout
 from mmdata.layout import TEMP_SUFFIX
 
@@ -85,7 +85,10 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(http_server, tmp_path, 
 
 def test_rerun_redoes_only_incomplete_shards(http_server, ray_local, tmp_path):
     run = uuid.uuid4().hex[:8]
-    rows = [{"url": http_server.url(f"/img/resume-{run}-{index}.png?w=40&h=40"), "caption": f"r{index}"} for index in range(12)]
+    rows = [
+        {"url": http_server.url(f"/img/resume-{run}-{index}.png?w=40&h=40"), "caption": f"r{index}"}
+        for index in range(12)
+    ]
     source = write_input(rows, tmp_path, "csv")
     output = tmp_path / "out"
     mmdata.download(input=source, output_dir=output, shard_size=4, **OPTIONS)

@@ -44,7 +44,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def expected_size(width: int, height: int, size: int, mode: str) -> tuple[int, int]:
@@ -168,7 +170,9 @@ def test_reduced_scale_decode_keeps_geometry_exact(mode):
     else:
         resized_width = round(width * 200 / height)
         left = (resized_width - 200) // 2 * width / resized_width
-        reference = full.resize((200, 200), Image.Resampling.LANCZOS, box=(left, 0, left + 200 * width / resized_width, height))
+        reference = full.resize(
+            (200, 200), Image.Resampling.LANCZOS, box=(left, 0, left + 200 * width / resized_width, height)
+        )
     difference = np.abs(np.asarray(decoded(result)).astype(int) - np.asarray(reference).astype(int)).mean()
     assert difference < 1.5
 
@@ -237,7 +241,9 @@ def test_palette_with_transparency_is_composited_over_white():
         pytest.param(Image.new("1", (64, 48), 1), "PNG", id="bilevel-png"),
         pytest.param(Image.new("P", (64, 48), 3), "PNG", id="palette-png"),
         pytest.param(Image.fromarray(np.full((48, 64), 40000, np.uint16)), "PNG", id="grey16-png"),
-        pytest.param(Image.frombytes("I;16B", (64, 48), np.full((48, 64), 40000, ">u2").tobytes()), "TIFF", id="grey16be-tiff"),
+        pytest.param(
+            Image.frombytes("I;16B", (64, 48), np.full((48, 64), 40000, ">u2").tobytes()), "TIFF", id="grey16be-tiff"
+        ),
         pytest.param(Image.new("RGB", (64, 48), (10, 200, 30)), "BMP", id="rgb-bmp"),
         pytest.param(Image.new("RGB", (64, 48), (10, 200, 30)), "TIFF", id="rgb-tiff"),
     ],
@@ -255,7 +261,9 @@ def test_every_pixel_mode_becomes_rgb(image, fmt, mode):
 
 def test_cmyk_is_red_after_conversion():
     body = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)
-    red, green, blue = decoded(process_image(body, ImageOptions(resize_mode="no", encode_format="png"))).getpixel((8, 8))
+    red, green, blue = decoded(
+        process_image(body, ImageOptions(resize_mode="no", encode_format="png"))
+    ).getpixel((8, 8))
     assert red > 230 and green < 30 and blue < 30
 
 
@@ -347,7 +355,10 @@ def test_eps_is_never_parsed():
 
 @pytest.mark.parametrize(
     "source, mode, fmt",
-    [((256, 256), "border", "JPEG"), ((300, 200), "no", "JPEG"), ((400, 256), "keep_ratio", "JPEG"), ((300, 200), "no", "PNG")],
+    [
+        ((256, 256), "border", "JPEG"), ((300, 200), "no", "JPEG"), ((400, 256), "keep_ratio", "JPEG"),
+        ((300, 200), "no", "PNG"),
+    ],
 )
 def test_skip_reencode_keeps_original_bytes(source, mode, fmt):
     body = encode(gradient(*source), fmt)

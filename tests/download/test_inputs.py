@@ -52,7 +52,9 @@ def test_every_format_reads_every_row_in_order(tmp_path, fmt, gz):
     shards = list(iter_input_shards(InputSpec(path=path, save_additional_columns=extra), 7))
     assert [t.num_rows for t in shards] == [7, 7, 7, 4]
     assert all(t.schema.names == ["url", "caption", *extra] for t in shards)
-    assert all(t.schema.field("url").type == pa.string() and t.schema.field("caption").type == pa.string() for t in shards)
+    assert all(
+        t.schema.field("url").type == pa.string() and t.schema.field("caption").type == pa.string() for t in shards
+    )
     rows = [row for t in shards for row in t.to_pylist()]
     if fmt == "txt":
         assert rows == [{"url": r["url"], "caption": None} for r in ROWS]
@@ -144,7 +146,9 @@ def test_txt_keeps_blank_lines_and_strips_whitespace(tmp_path):
 
 def test_jsonl_missing_caption_is_null_and_extra_types_kept(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text('{"url": "u1", "caption": "c1", "n": 1}\n{"url": "u2", "n": 2}\n{"url": null, "caption": "c3", "n": 3}\n')
+    path.write_text(
+        '{"url": "u1", "caption": "c1", "n": 1}\n{"url": "u2", "n": 2}\n{"url": null, "caption": "c3", "n": 3}\n'
+    )
     table = next(iter_input_shards(InputSpec(path=path, save_additional_columns=("n",)), 10))
     assert table.to_pylist() == [
         {"url": "u1", "caption": "c1", "n": 1},
@@ -163,10 +167,14 @@ def test_parquet_column_types_are_normalised(tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "laion.parquet")
-    spec = InputSpec(path=tmp_path / "laion.parquet", url_col="URL", caption_col="TEXT", save_additional_columns=("WIDTH",))
+    spec = InputSpec(
+        path=tmp_path / "laion.parquet", url_col="URL", caption_col="TEXT", save_additional_columns=("WIDTH",)
+    )
     shard = next(iter_input_shards(spec, 10))
     assert shard.schema == pa.schema([("url", pa.string()), ("caption", pa.string()), ("WIDTH", pa.int64())])
-    assert shard.to_pylist() == [{"url": "http://a", "caption": "1", "WIDTH": 10}, {"url": None, "caption": "2", "WIDTH": 20}]
+    assert shard.to_pylist() == [
+        {"url": "http://a", "caption": "1", "WIDTH": 10}, {"url": None, "caption": "2", "WIDTH": 20}
+    ]
 
 
 def test_files_disagreeing_on_extra_types_use_the_first_files_type(tmp_path):

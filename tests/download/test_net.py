@@ -6,8 +6,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from http_server import IMAGE_FORMATS, IMAGE_MODES, bomb_png, image_bytes
+
 from mmdata.download.net import TRANSIENT_ERROR_CLASSES, Fetcher, FetchPolicy, FetchResult
 from mmdata.download.robots import opt_out_directive
 from mmdata.schemas.samples import STATUSES

@@ -14,8 +14,8 @@ import urllib.request
 import uuid
 
 import pytest
-
 from http_server import TestHTTPServer, image_bytes
+
 from mmdata.download.addresses import block_reason, parse_networks
 from mmdata.download.net import Fetcher, FetchPolicy
 

@@ -33,7 +33,8 @@ def open_report(report: Path, screenshot: Path) -> dict:
             page.wait_for_function("Array.from(document.images).every(image => image.complete)")
             sections = page.eval_on_selector_all("section", "nodes => nodes.map(n => n.id)")
             images = page.eval_on_selector_all(
-                "img", "nodes => nodes.map(n => ({alt: n.alt, width: n.naturalWidth, section: n.closest('section')?.id}))"
+                "img",
+                "nodes => nodes.map(n => ({alt: n.alt, width: n.naturalWidth, section: n.closest('section')?.id}))",
             )
             not_run = page.eval_on_selector_all(".not-run", "nodes => nodes.map(n => n.closest('section').id)")
             page.screenshot(path=str(screenshot), full_page=True)

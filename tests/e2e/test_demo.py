@@ -21,7 +21,9 @@ FULL = {"samples": 1500, "train_steps": 80, "student_steps": 10}
 
 
 def _run_demo(workdir, settings):
-    argv = ["--workdir", str(workdir)] + [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
+    argv = ["--workdir", str(workdir)] + [
+        arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")
+    ]
     assert main(argv) == 0
     return json.loads((workdir / "quality.json").read_text())
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from mmdata.cli import main as cli_main
-from mmdata.shard_output import ShardOutput
 from mmdata.layout import sample_key, sample_uid
 from mmdata.pipeline import PipelineError, load_pipeline, parse_overrides, run_pipeline
+from mmdata.shard_output import ShardOutput
 
 PIPELINE = """
 vars:

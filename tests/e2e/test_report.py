@@ -3,9 +3,9 @@ is there, the stages that did not run say so, every image loads, and nothing log
 
 import io
 
+from browser import open_report, require_chromium
 from PIL import Image
 
-from browser import open_report, require_chromium
 from mmdata.layout import sample_key, sample_uid
 from mmdata.report.html import SECTIONS, write_report
 from mmdata.shard_output import ShardOutput

@@ -20,7 +20,9 @@ def test_serves_files_routes_and_refuses_escapes(tmp_path):
             assert response.read() == b"png bytes"
             assert response.headers["Content-Type"] == "image/png"
             assert response.headers["X-Robots-Tag"] == "noai"
-        for path, code in (("/down.jpg", 503), ("/missing.jpg", 404), ("/../secret.txt", 404), ("/%2e%2e/secret.txt", 404)):
+        for path, code in (
+            ("/down.jpg", 503), ("/missing.jpg", 404), ("/../secret.txt", 404), ("/%2e%2e/secret.txt", 404)
+        ):
             with pytest.raises(urllib.error.HTTPError) as error:
                 urllib.request.urlopen(f"{base}{path}", timeout=10)
             assert error.value.code == code, path

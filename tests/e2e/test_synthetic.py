@@ -62,7 +62,9 @@ def test_ground_truth_matches_the_bytes(corpus):
             assert row["description"] == original["description"] and row["dup_group"] == original["row"]
         elif row["kind"] == "mismatched":
             assert row["description"] != row["caption_description"]
-            image_words, caption_words = row["description"].split(", ")[0].split(), row["caption_description"].split(", ")[0].split()
+            image_words, caption_words = (
+                row["description"].split(", ")[0].split(), row["caption_description"].split(", ")[0].split()
+            )
             assert image_words[1] != caption_words[1] and image_words[2] != caption_words[2]  # colour and shape differ
         elif row["kind"] == "undecodable":
             with pytest.raises(OSError):

@@ -3,8 +3,6 @@ import subprocess
 import sys
 import time
 
-import psutil
-
 from mmdata.execution import ExecutionConfig
 from mmdata.execution.ray import ProgressBoard, RayExecutor
 
@@ -25,7 +23,8 @@ def alive(pid):
         return False
 monitor_alive = [pid for pid in monitors if alive(pid)]
 _, left = psutil.wait_procs([psutil.Process(pid) for pid in pids if alive(pid)], timeout=20)
-print(json.dumps({"monitors": monitors, "monitor_alive": monitor_alive, "children": len(pids), "left": [p.pid for p in left]}))
+print(json.dumps({"monitors": monitors, "monitor_alive": monitor_alive, "children": len(pids), \
+"left": [p.pid for p in left]}))
 """
 
 

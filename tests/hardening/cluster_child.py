@@ -99,7 +99,8 @@ def score_node_death(spec: dict) -> dict:
     thread.join(600)
     result = outcome.get("result")
     return {"killed_mid_run": reached, "scored_at_kill": scored_at_kill, "alive": thread.is_alive(),
-            "error": outcome.get("error"), "counts": result and result["counts"], "model_id": result and result["model_id"]}
+            "error": outcome.get("error"), "counts": result and result["counts"],
+            "model_id": result and result["model_id"]}
 
 
 def retries_exhausted(spec: dict) -> dict:
@@ -113,7 +114,7 @@ def retries_exhausted(spec: dict) -> dict:
     kills = 0
     node = workers[0]
     while thread.is_alive() and kills < 8:
-        if not poll(lambda: bool(temporaries(output) - seen), thread):
+        if not poll(lambda seen=seen: bool(temporaries(output) - seen), thread):
             break
         seen |= temporaries(output)
         cluster.remove_node(node, allow_graceful=False)
@@ -135,7 +136,7 @@ def score_actors_exhausted(spec: dict) -> dict:
     node, kills = workers[0], 0
     while thread.is_alive() and kills < 4:
         target = scores() + 1
-        if not poll(lambda: scores() >= target, thread):
+        if not poll(lambda target=target: scores() >= target, thread):
             break
         cluster.remove_node(node, allow_graceful=False)
         kills += 1
@@ -152,11 +153,16 @@ def spill(spec: dict) -> dict:
     spill_dir.mkdir(parents=True, exist_ok=True)
     spilling = {"type": "filesystem", "params": {"directory_path": str(spill_dir)}}
     ray.init(address="local", num_cpus=2, object_store_memory=spec["store_bytes"], include_dashboard=False,
-             log_to_driver=False, _system_config={"object_spilling_config": json.dumps(spilling), "min_spilling_size": 0})
+             log_to_driver=False,
+             _system_config={"object_spilling_config": json.dumps(spilling), "min_spilling_size": 0})
     ballast = [ray.put(bytes(spec["ballast_bytes"] // 4)) for _ in range(4)]  # noqa: F841 - held on purpose
     before = spilled_bytes(spill_dir)
     manifest = mmdata.download(**spec["options"])
-    return {"spilled_before": before, "spilled_after": spilled_bytes(spill_dir), "successes": manifest["totals"]["successes"]}
+    return {
+        "spilled_before": before,
+        "spilled_after": spilled_bytes(spill_dir),
+        "successes": manifest["totals"]["successes"],
+    }
 
 
 def spilled_bytes(folder: Path) -> int:

@@ -78,7 +78,9 @@ HOSTILE_KINDS = ("dotdot", "absolute", "symlink", "hardlink", "device", "fifo", 
 REFUSED_KINDS = tuple(kind for kind in HOSTILE_KINDS if kind != "pickle")
 
 
-def write_tar(path: Path, samples: list[tuple[str, list[tuple[tarfile.TarInfo, bytes | None]]]]) -> dict[str, tuple[int, int]]:
+def write_tar(
+    path: Path, samples: list[tuple[str, list[tuple[tarfile.TarInfo, bytes | None]]]]
+) -> dict[str, tuple[int, int]]:
     """Write the samples' members in order; returns each key's (offset, size) byte range."""
     spans = {}
     with open(path, "wb") as handle, tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as archive:
@@ -107,7 +109,9 @@ def write_shard(root: Path, shard: int, samples, *, shard_size: int = 10) -> lis
     import pyarrow as pa
 
     write_parquet(pa.Table.from_pylist(rows), layout.parquet_path(root, shard), SAMPLE_SCHEMA, keep_extra=True)
-    write_json(layout.stats_path(root, shard), {"shard": layout.shard_name(shard), "count": len(rows), "successes": len(rows)})
+    write_json(
+        layout.stats_path(root, shard), {"shard": layout.shard_name(shard), "count": len(rows), "successes": len(rows)}
+    )
     return [key for key, _ in samples]
 
 

@@ -71,7 +71,11 @@ class Handler(BaseHTTPRequestHandler):
         server = self.server
         if self.path == "/stats":
             with server.lock:
-                gaps = [times[1] - times[0] for path, times in server.arrivals.items() if "/429/" in path and len(times) > 1]
+                gaps = [
+                    times[1] - times[0]
+                    for path, times in server.arrivals.items()
+                    if "/429/" in path and len(times) > 1
+                ]
                 stats = {"requests": server.requests, "max_in_flight": max_overlap(server.intervals),
                          "max_in_flight_raw": server.max_in_flight, "retry_gaps": gaps}
             return self.answer(200, json.dumps(stats).encode(), "application/json")

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from download_checks import check_dataset, write_input
+from processes import ENVIRONMENT, download_command, start, wait_for
+from session_kill import kill_session
 
 import mmdata
-from download_checks import check_dataset, write_input
 from mmdata import layout
 from mmdata.layout import TEMP_SUFFIX
 from mmdata.shards import iter_samples
-from processes import ENVIRONMENT, download_command, start, wait_for
-from session_kill import kill_session
 
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"
 
@@ -122,7 +122,8 @@ def test_crash_between_the_tar_rename_and_the_stats_write_leaves_no_duplicate(ha
     marker = tmp_path / "crashed"
     command = download_command(source, output, "--shard-size", "10", "--workers", "1", "--threads", "4",
                                "--retries", "0", "--image-size", "32")
-    environment = {**ENVIRONMENT, "PYTHONPATH": os.pathsep.join(filter(None, [str(CRASH_HOOK), os.environ.get("PYTHONPATH")])),
+    environment = {**ENVIRONMENT,
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(CRASH_HOOK), os.environ.get("PYTHONPATH")])),
                    "MMDATA_TEST_CRASH_AT": str(layout.stats_path(output, 1)), "MMDATA_TEST_CRASH_MARKER": str(marker)}
     process = start(command, environment)
     try:
@@ -148,7 +149,9 @@ def small_tmpfs(folder: Path, size: str):
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a size-limited tmpfs needs root and mount(8)")
     folder.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

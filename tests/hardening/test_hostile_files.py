@@ -12,8 +12,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import mmdata
 from hostile_files import (
     HOSTILE_KINDS,
     REFUSED_KINDS,
@@ -24,9 +22,11 @@ from hostile_files import (
     hostile_dataset,
     write_shard,
 )
+
+import mmdata
 from mmdata import layout
-from mmdata.execution import ExecutionConfig
 from mmdata.curate.hashes import dataset_hashes
+from mmdata.execution import ExecutionConfig
 from mmdata.shards import ShardFormatError, iter_samples
 from mmdata.stream.reader import StreamError
 
@@ -106,15 +106,17 @@ def test_dedup_hashing_drops_pickle_members_without_unpickling(tmp_path):
     pickle_shard = HOSTILE_KINDS.index("pickle") + 1
     for shard in range(1, len(HOSTILE_KINDS) + 1):  # keep the clean shard and the pickle shard only
         if shard != pickle_shard:
-            for path in (layout.stats_path(root, shard), layout.tar_path(root, shard), layout.parquet_path(root, shard)):
+            for path in (
+                layout.stats_path(root, shard), layout.tar_path(root, shard), layout.parquet_path(root, shard)
+            ):
                 path.unlink()
     hashes = dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
     assert hashes.num_rows == 3 + 3 and not outside.exists()
 
 
 def test_scoring_fails_hostile_shards_by_name_and_scores_the_rest(hostile, ray_local, tmp_path):
-    from mmdata.score.model import tiny_model_config, write_model_config
     from mmdata.score import store
+    from mmdata.score.model import tiny_model_config, write_model_config
 
     root, outside, keys = hostile
     config = write_model_config(tmp_path / "models" / "tiny.json", tiny_model_config())
@@ -187,7 +189,9 @@ def test_no_module_registers_extension_types_or_unpickles():
     offenders = []
     for path in package.rglob("*.py"):
         text = path.read_text()
-        for needle in ("register_extension_type", "set_auto_load", "pickle.load", "weights_only=False", "allow_pickle=True"):
+        for needle in (
+            "register_extension_type", "set_auto_load", "pickle.load", "weights_only=False", "allow_pickle=True"
+        ):
             if needle in text:
                 offenders.append(f"{path.relative_to(package)}: {needle}")
     assert offenders == []

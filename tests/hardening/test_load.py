@@ -35,7 +35,9 @@ FAILURE_LIMIT = 2 * MAX_PER_HOST
 
 
 def start_server():
-    process = subprocess.Popen([sys.executable, str(SERVER), str(STALL), str(RETRY_AFTER)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), str(STALL), str(RETRY_AFTER)], stdout=subprocess.PIPE, text=True
+    )
     port = int(process.stdout.readline())
     return process, port
 
@@ -46,7 +48,13 @@ def plan_rows(count: int, port: int, seed: int = 0) -> list[tuple[str, str]]:
     rows = []
     for index in range(count):
         draw = rng.random()
-        kind = "ok" if draw < 0.83 else "429" if draw < 0.88 else "503" if draw < 0.93 else "stall" if draw < 0.98 else "dead"
+        kind = (
+            "ok" if draw < 0.83
+            else "429" if draw < 0.88
+            else "503" if draw < 0.93
+            else "stall" if draw < 0.98
+            else "dead"
+        )
         host = "127.0.0.2" if kind == "dead" else "127.0.0.1"
         rows.append((kind, f"http://{host}:{port}/load/{kind}/{index}"))
     return rows
@@ -172,4 +180,6 @@ def test_load_100k_rows_with_rate_limits_errors_and_stalls():
     check_load(report)
     output = os.environ.get("MMDATA_LOAD_REPORT")
     if output:
-        Path(output).write_text(json.dumps({k: v for k, v in report.items() if k not in ("retry_gaps", "dead_seconds")}, default=str))
+        Path(output).write_text(
+            json.dumps({k: v for k, v in report.items() if k not in ("retry_gaps", "dead_seconds")}, default=str)
+        )

@@ -16,7 +16,8 @@ def tiny_state(tiny_config):
     failed to load could not pass for a loaded one."""
     generator = torch.Generator().manual_seed(1)
     state = load_clip(str(tiny_config), None).model.state_dict()
-    return {name: tensor + 0.05 * torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else tensor
+    return {name: (tensor + 0.05 * torch.randn(tensor.shape, generator=generator)
+                   if tensor.is_floating_point() else tensor)
             for name, tensor in state.items()}
 
 

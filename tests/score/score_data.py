@@ -30,7 +30,9 @@ def image_bytes(colour: tuple[int, int, int], size: tuple[int, int], seed: int, 
 SIZES = ((80, 64), (64, 96), (120, 120))  # wider, taller and square than the model's 64 px: crops differ
 
 
-def build_dataset(root: Path, *, shards: int = 2, per_shard: int = 6, broken: frozenset[str] = frozenset()) -> list[str]:
+def build_dataset(
+    root: Path, *, shards: int = 2, per_shard: int = 6, broken: frozenset[str] = frozenset()
+) -> list[str]:
     """Write ``shards`` complete shards with ShardOutput; one failed row per shard (no members).
 
     Keys in ``broken`` get an undecodable image. Returns the keys of the stored samples.
@@ -43,15 +45,19 @@ def build_dataset(root: Path, *, shards: int = 2, per_shard: int = 6, broken: fr
                 key = layout.sample_key(shard, row, per_shard + 1)
                 url = f"http://127.0.0.1/{key}.jpg"
                 if row == per_shard:  # a failed download: a row without tar members
-                    output.add({"key": key, "uid": layout.sample_uid(url, None), "url": url, "status": "failed_to_download",
-                                "error_message": "HTTP 404"})
+                    output.add({"key": key, "uid": layout.sample_uid(url, None), "url": url,
+                                "status": "failed_to_download", "error_message": "HTTP 404"})
                     continue
                 colour = names[(shard + row) % len(names)]
                 caption = f"a {colour} square number {row}"
                 size = SIZES[row % len(SIZES)]
-                data = b"not an image at all" if key in broken else image_bytes(COLOURS[colour], size, seed=shard * 100 + row)
+                data = (
+                    b"not an image at all" if key in broken
+                    else image_bytes(COLOURS[colour], size, seed=shard * 100 + row)
+                )
                 output.add(
-                    {"key": key, "uid": layout.sample_uid(url, caption), "url": url, "caption": caption, "status": "success"},
+                    {"key": key, "uid": layout.sample_uid(url, caption), "url": url, "caption": caption,
+                     "status": "success"},
                     {"jpg": data, "txt": caption.encode(), "json": json.dumps({"key": key}).encode()},
                 )
                 stored.append(key)

@@ -79,8 +79,12 @@ def test_errors_say_what_is_wrong(tiny_config, tmp_path):
     with pytest.raises(ModelLoadError, match="vision_cfg"):
         load_clip(str(not_a_config))
     other_architecture = tmp_path / "wide.pt"
-    torch.save(load_clip(str(write_model_config(tmp_path / "w" / "wide.json", tiny_model_config(width=192)))).model.state_dict(),
-               other_architecture)
+    torch.save(
+        load_clip(
+            str(write_model_config(tmp_path / "w" / "wide.json", tiny_model_config(width=192)))
+        ).model.state_dict(),
+        other_architecture,
+    )
     with pytest.raises(ModelLoadError, match="does not fit"):
         load_clip(str(tiny_config), str(other_architecture))
 

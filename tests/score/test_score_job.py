@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from score_data import build_dataset, image_bytes, reference_scores
 
 import mmdata
 from mmdata import layout
@@ -16,7 +17,6 @@ from mmdata.atomic import write_json
 from mmdata.cli import main as cli_main
 from mmdata.schemas.scores import PROVENANCE_KEY
 from mmdata.score.job import score
-from score_data import build_dataset, image_bytes, reference_scores
 
 
 def test_two_models_provenance_default_and_resume_skip(ray_local, tiny_config, tiny_checkpoint, tmp_path):
@@ -50,12 +50,17 @@ def test_two_models_provenance_default_and_resume_skip(ray_local, tiny_config, t
     second = score(dataset=str(root), model=str(tiny_config), batch_size=8, no_embeddings=True, show_progress=False)
     model_b = second["model_id"]
     assert model_b != model_a and sorted(p.name for p in (root / "scores").iterdir()) == sorted([model_a, model_b])
-    assert pq.read_table(root / "scores" / model_b / "00000.parquet").column_names == ["key", "clip_score", "score_error"]
+    assert pq.read_table(root / "scores" / model_b / "00000.parquet").column_names == [
+        "key", "clip_score", "score_error"
+    ]
     table = mmdata.read_table(root)
     assert table.num_rows == 12  # 10 stored + 2 failed downloads
     assert table.column("clip_score").to_pylist() == table.column(f"clip_score__{model_b}").to_pylist()
     score_files = pa.concat_tables(
-        [pq.read_table(path, columns=["key", "clip_score"]) for path in sorted((root / "scores" / model_a).glob("*.parquet"))]
+        [
+            pq.read_table(path, columns=["key", "clip_score"])
+            for path in sorted((root / "scores" / model_a).glob("*.parquet"))
+        ]
     )
     from_files = dict(zip(score_files.column("key").to_pylist(), score_files.column("clip_score").to_pylist()))
     keys = table.column("key").to_pylist()
@@ -63,7 +68,9 @@ def test_two_models_provenance_default_and_resume_skip(ray_local, tiny_config, t
     assert set(json.loads(layout.manifest_path(root).read_text())["scores"]["models"]) == {model_a, model_b}
 
     # re-running the first model scores nothing and, asked to, makes it the default
-    again = score(dataset=str(root), model=str(tiny_config), pretrained=str(tiny_checkpoint), default=True, show_progress=False)
+    again = score(
+        dataset=str(root), model=str(tiny_config), pretrained=str(tiny_checkpoint), default=True, show_progress=False
+    )
     assert again["shards_skipped"] == 2 and again["counts"] == {} and again["actors"] == []
     table = mmdata.read_table(root, columns=["key", "clip_score", f"clip_score__{model_a}"])
     assert table.column_names == ["key", "clip_score", f"clip_score__{model_a}"]
@@ -71,7 +78,9 @@ def test_two_models_provenance_default_and_resume_skip(ray_local, tiny_config, t
     assert json.loads(layout.manifest_path(root).read_text())["scores"]["default"] == model_a
 
     keys, vectors = mmdata.read_embeddings(root, kind="text")
-    assert keys == [key for key in stored if key != "000002"] and vectors.shape == (9, 64) and vectors.dtype == np.float32
+    assert (
+        keys == [key for key in stored if key != "000002"] and vectors.shape == (9, 64) and vectors.dtype == np.float32
+    )
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
     with pytest.raises(ValueError, match="no-embeddings"):
         mmdata.read_embeddings(root, model=model_b)
@@ -92,12 +101,14 @@ def _write_img2dataset_shard(root, shard: int, rows: list[dict]) -> None:
                 info = tarfile.TarInfo(f"{row['key']}.{extension}")
                 info.size = len(payload)
                 archive.addfile(info, io.BytesIO(payload))
-    columns = ("url", "caption", "key", "status", "error_message", "width", "height", "original_width", "original_height",
-               "exif", "sha256")
+    columns = ("url", "caption", "key", "status", "error_message", "width", "height", "original_width",
+               "original_height", "exif", "sha256")
     table = pa.table({column: [row.get(column) for row in rows] for column in columns})
     table = table.set_column(table.schema.get_field_index("width"), "width", table.column("width").cast(pa.int64()))
     pq.write_table(table, root / f"{name}.parquet")
-    (root / f"{name}_stats.json").write_text(json.dumps({"count": len(rows), "successes": sum(r["status"] == "success" for r in rows)}))
+    (root / f"{name}_stats.json").write_text(
+        json.dumps({"count": len(rows), "successes": sum(r["status"] == "success" for r in rows)})
+    )
 
 
 def test_img2dataset_layout_scores_and_reads(ray_local, tiny_config, tiny_checkpoint, tmp_path, capsys):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from score_data import build_dataset, image_bytes, reference_scores
 
 from mmdata import layout
 from mmdata.schemas.scores import PROVENANCE_KEY
@@ -15,7 +16,6 @@ from mmdata.score.model import load_clip
 from mmdata.score.pipeline import ShardScorer
 from mmdata.shard_output import ShardOutput
 from mmdata.shards import iter_samples
-from score_data import build_dataset, image_bytes, reference_scores
 
 TOLERANCE = 0.005
 
@@ -112,7 +112,9 @@ def test_failures_are_rows_with_reasons_and_counted(tiny_config, tiny_checkpoint
         "samples": 6, "scored": 3, "failed_undecodable_image": 1, "failed_missing_image": 1,
         "failed_missing_caption": 1, "shards_scored": 1,
     }
-    assert stats["samples"] == sum(count for name, count in stats.counts.items() if name == "scored" or name.startswith("failed_"))
+    assert stats["samples"] == sum(
+        count for name, count in stats.counts.items() if name == "scored" or name.startswith("failed_")
+    )
 
 
 def test_no_embeddings_keeps_only_scores(tiny_config, tiny_checkpoint, tmp_path):

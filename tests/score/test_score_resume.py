@@ -8,10 +8,10 @@ import time
 
 import psutil
 import pyarrow.parquet as pq
+from score_data import build_dataset
 
 from mmdata.score.job import score
 from mmdata.score.model import tiny_model_config, write_model_config
-from score_data import build_dataset
 
 SHARDS = 6
 

@@ -11,7 +11,8 @@ def rest_of_epoch(case: dict) -> list[str]:
         case["root"], seed=7, shuffle_buffer=4, decode=None, rank=case["rank"], world_size=case["world_size"]
     )
     loader = dataset.loader(
-        batch_size=case["batch_size"], num_workers=case["num_workers"], collate_fn=lambda items: [i["key"] for i in items]
+        batch_size=case["batch_size"], num_workers=case["num_workers"],
+        collate_fn=lambda items: [i["key"] for i in items],
     )
     loader.load_state_dict(case["state"])
     loader.set_epoch(case["state"]["epoch"])  # a resumed training loop calls this; the same epoch keeps the progress

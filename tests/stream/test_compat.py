@@ -75,14 +75,18 @@ def test_open_clip_train_reads_our_shards_and_resharded_ones(dataset_factory, ol
     output, chosen = resharded(root, keys, tmp_path)
     out_keys = [s["__key__"] for s in wds.WebDataset(tar_paths(output), shardshuffle=False)]
     assert sorted(item["key"] for item in mmdata.stream(output, decode=None)) == out_keys
-    assert sorted(item["caption"] for item in mmdata.stream(output, decode=None)) == sorted(f"caption {k}" for k in chosen)
+    assert sorted(item["caption"] for item in mmdata.stream(output, decode=None)) == sorted(
+        f"caption {k}" for k in chosen
+    )
     datasets = [(root, [f"caption {k}" for k in keys]), (output, [f"caption {k}" for k in chosen])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(old_webdataset_path), os.environ.get("PYTHONPATH", "")])}
     jobs = json.dumps([[shard_urls(path), len(captions)] for path, captions in datasets])
-    child = subprocess.run([sys.executable, "-c", OPEN_CLIP_TRAIN, jobs], capture_output=True, text=True, env=env, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", OPEN_CLIP_TRAIN, jobs], capture_output=True, text=True, env=env, timeout=300
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     results = json.loads(child.stdout.strip().splitlines()[-1])
     tokenizer = open_clip.get_tokenizer("RN50")
-    for (path, captions), result in zip(datasets, results):
+    for (_path, captions), result in zip(datasets, results):
         assert sorted(result["eval_tokens"]) == sorted(tokenizer(captions).tolist())
         assert result["train_batch"] == [4, 3, 224, 224]

@@ -62,7 +62,10 @@ def test_drop_last_and_pad_give_equal_rank_counts(world_size):
 
 def test_order_is_fixed_by_seed_and_epoch():
     sizes = SHARD_SIZES["many"]
-    order = lambda seed, epoch: [emitted(p) for r in all_plans(sizes, 2, 2, seed=seed, epoch=epoch) for p in r]
+
+    def order(seed, epoch):
+        return [emitted(p) for r in all_plans(sizes, 2, 2, seed=seed, epoch=epoch) for p in r]
+
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1)
     assert order(1, 0) != order(2, 0)
@@ -99,7 +102,9 @@ def test_round_robin_take_matches_delivery(counts, batch_size):
         if batches < len(served):
             # the next batch served is the next worker's, or that of the first worker after it still holding one
             following = served[batches][0]
-            later = [w for w in list(range(next_worker, len(counts))) + list(range(next_worker)) if taken[w] < counts[w]]
+            later = [
+                w for w in list(range(next_worker, len(counts))) + list(range(next_worker)) if taken[w] < counts[w]
+            ]
             assert later[0] == following
     with pytest.raises(ValueError):
         partition.round_robin_take(counts, batch_size, len(served) + 1)

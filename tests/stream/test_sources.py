@@ -24,7 +24,9 @@ def strip_offsets(root):
 def test_scanned_index_matches_the_writer_and_is_cached(dataset_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("MMDATA_CACHE", str(tmp_path / "cache"))
     root, keys = dataset_factory([6, 4], failures_every=3)
-    written = pq.read_table(layout.parquet_path(root, 0)).filter(pa.compute.equal(pa.compute.field("status"), "success"))
+    written = pq.read_table(layout.parquet_path(root, 0)).filter(
+        pa.compute.equal(pa.compute.field("status"), "success")
+    )
     scanned = scan_members(layout.tar_path(root, 0).read_bytes())
     assert scanned.column("key").to_pylist() == written.column("key").to_pylist()
     assert scanned.column("tar_offset").to_pylist() == written.column("tar_offset").to_pylist()

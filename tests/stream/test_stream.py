@@ -157,7 +157,9 @@ def test_only_selected_bytes_are_read(dataset_factory, monkeypatch):
 
     reads = []
     original = LocalSource.read_range
-    monkeypatch.setattr(LocalSource, "read_range", lambda self, n, o, s: reads.append((n, o, s)) or original(self, n, o, s))
+    monkeypatch.setattr(
+        LocalSource, "read_range", lambda self, n, o, s: reads.append((n, o, s)) or original(self, n, o, s)
+    )
     rows = pa.concat_tables([pa.parquet.read_table(layout.parquet_path(root, s)) for s in (0, 1)]).to_pylist()
     chosen = {rows[i]["key"] for i in (0, 1, 2, 7, 13)}
     assert sorted(item["key"] for item in mmdata.stream(root, view=sorted(chosen), decode=None)) == sorted(chosen)
