@@ -56,6 +56,24 @@ class Outcome:
 
 OK = Outcome()
 
+
+class OutcomeFields:
+    """``status``, ``error_class`` and ``error_message`` read through a result's ``outcome``."""
+
+    outcome: Outcome
+
+    @property
+    def status(self) -> str:
+        return self.outcome.status
+
+    @property
+    def error_class(self) -> str | None:
+        return self.outcome.error_class
+
+    @property
+    def error_message(self) -> str | None:
+        return self.outcome.error_message
+
 SAMPLE_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),

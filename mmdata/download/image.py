@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, features
 
-from mmdata.schemas.samples import FAILED_TO_DECODE, FILTERED, OK, Outcome
+from mmdata.schemas.samples import FAILED_TO_DECODE, FILTERED, OK, Outcome, OutcomeFields
 
 # Our own max_image_pixels check runs first; Pillow's warning for the same thing is noise
 # (a filter rather than catch_warnings, which is not thread-safe before Python 3.14).
@@ -83,7 +83,7 @@ class ImageOptions:
 
 
 @dataclass(frozen=True)
-class ImageResult:
+class ImageResult(OutcomeFields):
     """What became of one body: its outcome, and on success the encoded image and its sizes."""
 
     outcome: Outcome
@@ -93,18 +93,6 @@ class ImageResult:
     height: int | None = None
     original_width: int | None = None
     original_height: int | None = None
-
-    @property
-    def status(self) -> str:
-        return self.outcome.status
-
-    @property
-    def error_class(self) -> str | None:
-        return self.outcome.error_class
-
-    @property
-    def error_message(self) -> str | None:
-        return self.outcome.error_message
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from mmdata.download.addresses import Endpoint, IPNetwork, ResolveError, Resolve
 from mmdata.download.hosts import HOST_BACKOFF, HOST_BUSY, HostGates, HostUnavailable
 from mmdata.download.robots import opt_out_directive
 from mmdata.download.urls import InvalidURL, Target, parse_url
-from mmdata.schemas.samples import BLOCKED, FAILED_TO_DOWNLOAD, INVALID_URL, OK, OPTED_OUT, Outcome
+from mmdata.schemas.samples import BLOCKED, FAILED_TO_DOWNLOAD, INVALID_URL, OK, OPTED_OUT, Outcome, OutcomeFields
 
 # Error classes worth another try later (`--retry-failed`): the server or the path may recover.
 TRANSIENT_ERROR_CLASSES: frozenset[str] = frozenset(
@@ -95,7 +95,7 @@ class FetchPolicy:
 
 
 @dataclass(frozen=True)
-class FetchResult:
+class FetchResult(OutcomeFields):
     """What became of one URL; `body` is set only on success."""
 
     outcome: Outcome
@@ -103,18 +103,6 @@ class FetchResult:
     http_status: int | None = None
     final_url: str | None = None
     attempts: int = 0
-
-    @property
-    def status(self) -> str:
-        return self.outcome.status
-
-    @property
-    def error_class(self) -> str | None:
-        return self.outcome.error_class
-
-    @property
-    def error_message(self) -> str | None:
-        return self.outcome.error_message
 
     @property
     def transient(self) -> bool:

@@ -200,9 +200,11 @@ class Executor:
             if on_result is not None:
                 on_result(result)
 
-        tick = (lambda: progress.live(self.reports())) if progress is not None else None
+        # Live counts only feed a bar someone sees: reading them costs a Ray actor (a process) otherwise.
+        live = progress is not None and progress.show
+        tick = (lambda: progress.live(self.reports())) if live else None
         results = drive(backend, argument_lists, on_result=result_seen, on_tick=tick)
-        if progress is not None:
+        if live:
             progress.live(self.reports())
         return results
 

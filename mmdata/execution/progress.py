@@ -64,7 +64,7 @@ class StageProgress:
         self._live: dict[Any, dict[str, int]] = {}
         self._final: dict[Any, dict[str, int]] = {}
         self._started = time.perf_counter()
-        self._show = show
+        self.show = show
         self._bar = tqdm(total=total, desc=description, unit=unit, mininterval=1.0, smoothing=0.1, disable=not show,
                          file=sys.stderr)
 
@@ -100,7 +100,7 @@ class StageProgress:
     def close(self) -> None:
         self._refresh()
         self._bar.close()
-        if self._show:
+        if self.show:
             print(self.summary(), file=sys.stderr, flush=True)
 
     def __enter__(self) -> "StageProgress":
