@@ -30,6 +30,20 @@ TEMP_SUFFIX = ".tmp"
 MODEL_RECORD = "model.json"
 DEFAULT_MARKER = "default.json"
 SCORE_COLUMN_PREFIX = "clip_score__"  # read_table's column of each scored model: clip_score__<model_id>
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path(path: str | os.PathLike) -> Path:
+    """``path`` as a local path (a ``file://`` URL gives its path). Any other URL (``s3://``, ``gs://``,
+    ``https://``) is refused: the stages read and write local folders only (the loader alone reads
+    URLs), and a URL taken as a relative path would silently write a folder named ``s3:`` here."""
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if _URL.match(text):
+        raise ValueError(f"{text!r} is a URL: this command reads and writes local folders and files only "
+                         "(object storage is not supported yet; mmdata.stream alone reads URLs); pass a local path")
+    return Path(text)
 
 
 def shard_name(shard: int) -> str:
@@ -55,32 +69,32 @@ def sample_uid(url: str | None, caption: str | None) -> str:
 
 
 def tar_path(root: str | os.PathLike, shard: int | str) -> Path:
-    return Path(root) / f"{_name(shard)}.tar"
+    return local_path(root) / f"{_name(shard)}.tar"
 
 
 def parquet_path(root: str | os.PathLike, shard: int | str) -> Path:
-    return Path(root) / f"{_name(shard)}.parquet"
+    return local_path(root) / f"{_name(shard)}.parquet"
 
 
 def stats_path(root: str | os.PathLike, shard: int | str) -> Path:
-    return Path(root) / f"{_name(shard)}_stats.json"
+    return local_path(root) / f"{_name(shard)}_stats.json"
 
 
 def manifest_path(root: str | os.PathLike) -> Path:
-    return Path(root) / "manifest.json"
+    return local_path(root) / "manifest.json"
 
 
 def views_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / "views"
+    return local_path(root) / "views"
 
 
 def annotations_dir(root: str | os.PathLike) -> Path:
     """Per-sample columns added by later stages (dedup, contamination), one parquet per stage, keyed by ``key``."""
-    return Path(root) / "annotations"
+    return local_path(root) / "annotations"
 
 
 def scores_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / "scores"
+    return local_path(root) / "scores"
 
 
 def model_dir(root: str | os.PathLike, model_id: str) -> Path:
@@ -129,12 +143,12 @@ def default_model(root: str | os.PathLike) -> str | None:
 
 
 def complete_shards(root: str | os.PathLike) -> list[str]:
-    """Names of the shards whose stats file exists, in order."""
-    root = Path(root)
+    """Names of the shards whose stats file exists, in shard order (00000 ... 99999, 100000, ...)."""
+    root = local_path(root)
     if not root.is_dir():
         return []
     names = [m.group(1) for p in root.iterdir() if (m := _SHARD_STATS.match(p.name))]
-    return sorted(names)
+    return sorted(names, key=int)
 
 
 def _name(shard: int | str) -> str:

@@ -30,7 +30,7 @@ def read_table(root: str | os.PathLike, columns: Sequence[str] | None = None) ->
 
     ``columns`` picks the output columns (and reads only what they need); unknown names raise.
     """
-    root = Path(root)
+    root = layout.local_path(root)
     shards = layout.complete_shards(root)
     if not shards and not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
@@ -83,7 +83,7 @@ def read_embeddings(
     """
     if kind not in EMBEDDING_KINDS:
         raise ValueError(f"kind must be one of {EMBEDDING_KINDS}, not {kind!r}")
-    root = Path(root)
+    root = layout.local_path(root)
     model_id = model or layout.default_model(root)
     if model_id is None or layout.read_model_record(root, model_id) is None:
         known = layout.scored_models(root)

@@ -91,7 +91,7 @@ class DecontaminateConfig:
     def __post_init__(self) -> None:
         if not self.against:
             raise ValueError("against is required: a folder of evaluation images or an mmdata dataset")
-        object.__setattr__(self, "against", os.fspath(self.against))
+        object.__setattr__(self, "against", str(layout.local_path(self.against)))
         if not 0 <= self.hamming <= 24:
             raise ValueError(f"hamming must be in [0, 24] bits of 64, got {self.hamming}")
         if not 0.0 <= self.eps < 2.0:
@@ -108,7 +108,7 @@ def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = 
     config, execution = stage_settings(DecontaminateConfig, "decontaminate", config, execution, options)
     against, model, hamming, colour_tolerance = config.against, config.model, config.hamming, config.colour_tolerance
     eps, embedding, pretrained, device = config.eps, config.embedding, config.pretrained, config.device
-    root = Path(root)
+    root = layout.local_path(root)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: nothing to decontaminate")
     evaluation = load_eval_images(against)

@@ -170,7 +170,7 @@ def dedup(root: str | os.PathLike, config: DedupConfig | None = None, *, executi
     from mmdata.score import store
     from mmdata.table import read_embeddings, read_table
 
-    root = Path(root)
+    root = layout.local_path(root)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: download into it first (mmdata download)")
     if model is not None and model not in store.scored_models(root):

@@ -47,7 +47,7 @@ class ReshardConfig:
             raise ValueError("view is required: the name of a view under DIR/views/ (mmdata filter --view NAME)")
         if not self.output:
             raise ValueError("output is required: the new dataset's folder")
-        object.__setattr__(self, "output", os.fspath(self.output))
+        object.__setattr__(self, "output", str(layout.local_path(self.output)))
         if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
 
@@ -61,7 +61,7 @@ def reshard(root: str | os.PathLike, config: ReshardConfig | None = None, *, exe
     """
     config, execution = stage_settings(ReshardConfig, "reshard", config, execution, options)
     view, output, shard_size = config.view, config.output, config.shard_size
-    root, output = Path(root), Path(output)
+    root, output = layout.local_path(root), layout.local_path(output)
     if output.resolve() == root.resolve():
         raise ValueError("output must be a new folder, not the source dataset")
     view_table = read_view(root, view)

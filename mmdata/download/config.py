@@ -19,6 +19,7 @@ from pathlib import Path
 from mmdata.download.image import ImageOptions
 from mmdata.download.inputs import InputSpec
 from mmdata.download.net import FetchPolicy
+from mmdata.layout import local_path
 
 # Flat option names that differ from the owning dataclass's field name.
 _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
@@ -42,7 +43,7 @@ class DownloadConfig:
             raise ValueError(f"input must be an InputSpec, got {type(self.input).__name__}")
         if not self.output_dir:
             raise ValueError("output_dir is required: pass --output DIR")
-        object.__setattr__(self, "output_dir", os.fspath(self.output_dir))
+        object.__setattr__(self, "output_dir", str(local_path(self.output_dir)))
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise ValueError(f"output {self.output_dir!r} exists and is not a folder: pass a folder path")
         if not isinstance(self.shard_size, int) or self.shard_size < 1:

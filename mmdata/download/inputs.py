@@ -8,7 +8,6 @@ Arrow batches (a 3.3M-row TSV is never held as Python objects).
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from mmdata.layout import local_path
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
@@ -41,7 +41,7 @@ class InputSpec:
     save_additional_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", os.fspath(self.path))
+        object.__setattr__(self, "path", str(local_path(self.path)))
         for name in ("columns", "save_additional_columns"):
             if isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} takes a sequence of names, e.g. ('caption', 'url'), not a string")

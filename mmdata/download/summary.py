@@ -4,7 +4,6 @@ stats files (:func:`mmdata.stats.shard_stats`)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from mmdata import layout
 from mmdata.stats import load_shard_stats, total_stats
@@ -28,7 +27,7 @@ def format_summary(total: dict, *, last_run: dict | None = None) -> str:
 
 def summarize_folder(root: str | os.PathLike) -> str:
     """The summary of a dataset folder, from its stats files alone (``mmdata stats DIR``)."""
-    if not Path(root).is_dir():
+    if not layout.local_path(root).is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     stats = load_shard_stats(root)
     if not stats:

@@ -53,7 +53,7 @@ class ReportFacts:
 def gather(root: str | os.PathLike, *, view: str | None = None) -> ReportFacts:
     """Read everything the report shows from ``root``; ``view`` picks the view whose threshold is drawn
     (default: the first view with a clip-score rule, else the first view)."""
-    root = Path(root)
+    root = layout.local_path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no dataset folder at {root}: pass the --output folder of `mmdata download`")
     table = None

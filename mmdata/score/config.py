@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
+from mmdata.layout import local_path
 from mmdata.score.model import DEVICES, PRECISIONS
 
 
@@ -31,7 +31,7 @@ class ScoreConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.dataset or not Path(self.dataset).is_dir():
+        if not self.dataset or not local_path(self.dataset).is_dir():
             raise ValueError(f"dataset folder {self.dataset!r} does not exist (pass the folder a download wrote)")
         if not self.model:
             raise ValueError("model is required: an open_clip name such as ViT-B-32 or a model-config JSON path")

@@ -102,7 +102,7 @@ def build_index(
     execution = flat or execution
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    root = Path(root)
+    root = layout.local_path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     model_id = resolve_model_id(root, model)
@@ -159,7 +159,7 @@ def read_index_info(root: str | os.PathLike, model_id: str, kind: str) -> IndexI
 def embeddings_fingerprint(root: str | os.PathLike, model_id: str, kind: str) -> str:
     """A hash of the names, sizes and mtimes of the files an index reads: the model's score tables
     and model record, and the metadata parquet of every complete shard."""
-    root = Path(root)
+    root = layout.local_path(root)
     digest = hashlib.sha256(f"{model_id}\0{kind}".encode())
     paths = [store.model_dir(root, model_id) / store.MODEL_RECORD]
     for shard in layout.complete_shards(root):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from mmdata import layout
 from mmdata.score import store
 from mmdata.search.encode import QueryEncoder, match_query_model, stored_spec
 from mmdata.search.index import KINDS, build_index, load_index, resolve_model_id
@@ -54,7 +55,7 @@ def search(
     made the embeddings is refused. ``pretrained`` points at the stored checkpoint if it moved.
     ``view`` keeps only the samples of ``DIR/views/<view>.parquet``.
     """
-    root = Path(root)
+    root = layout.local_path(root)
     given = [name for name, value in (("text", text), ("image", image), ("key", key)) if value is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one query: text, image or key (got {given or 'none'})")
