@@ -28,12 +28,19 @@ def stage_settings(config_class: type[Config], stage: str, config: Config | None
                    options: dict[str, Any]) -> tuple[Config, Any]:
     """The stage's config and execution from what its caller passed (a config, or flat options)."""
     options = dict(options)
-    flat_execution = ExecutionConfig.from_options(options)
-    if flat_execution is not None and execution is not None:
-        raise ValueError("pass execution= or executor/workers/ray_address, not both")
+    execution = stage_execution(execution, options)
     if config is None:
         from_options = getattr(config_class, "from_options", None)
         config = from_options(**options) if from_options else config_from_options(config_class, stage, options)
     elif options:
         raise ValueError(f"pass either a {config_class.__name__} or keyword options, not both")
-    return config, flat_execution or execution
+    return config, execution
+
+
+def stage_execution(execution: Any, options: dict[str, Any]) -> Any:
+    """``execution``, or the config the flat ``executor``/``workers``/``ray_address`` in ``options``
+    make (taken out of ``options``); both at once is refused."""
+    flat_execution = ExecutionConfig.from_options(options)
+    if flat_execution is not None and execution is not None:
+        raise ValueError("pass execution= or executor/workers/ray_address, not both")
+    return flat_execution or execution

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.atomic import write_json, write_parquet
-from mmdata.execution import Execution, ExecutionConfig, StageProgress, sized, using
+from mmdata.execution import Execution, StageProgress, sized, using
+from mmdata.options import stage_execution
 from mmdata.schemas import align_table
 from mmdata.schemas.index import ROWS_SCHEMA
 from mmdata.score import store
@@ -96,10 +97,7 @@ def build_index(
     without it a rebuild keeps the committed index's settings. Changed settings also rebuild.
     ``execution`` (or ``executor``/``workers``/``ray_address``) runs the per-shard reads; none is
     started when the committed index is current."""
-    flat = ExecutionConfig.from_options({"executor": executor, "workers": workers, "ray_address": ray_address})
-    if flat is not None and execution is not None:
-        raise ValueError("pass execution= or executor/workers/ray_address, not both")
-    execution = flat or execution
+    execution = stage_execution(execution, {"executor": executor, "workers": workers, "ray_address": ray_address})
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     root = layout.local_path(root)
