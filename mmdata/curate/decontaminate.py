@@ -181,19 +181,18 @@ def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = 
 
 def _embedding_model(root: Path, model: str | None, embedding: bool | None) -> str | None:
     """The score run (model id) whose embeddings the embedding tier uses, or None to skip it."""
-    from mmdata.score import store
 
     if embedding is False:
         return None
-    runs = store.scored_models(root)
+    runs = layout.scored_models(root)
     if model is not None:
         if model not in runs:
             raise ValueError(f"no score run {model!r} in {root}/scores (runs: {runs or 'none'})")
         return model
-    chosen = store.default_model(root)
+    chosen = layout.default_model(root)
     if chosen is None and embedding:
         raise ValueError(f"{root} has no score run: run `mmdata score` (with embeddings) first or drop --embedding")
-    if chosen is not None and not (store.read_model_record(root, chosen) or {}).get("keep_embeddings", True):
+    if chosen is not None and not (layout.read_model_record(root, chosen) or {}).get("keep_embeddings", True):
         if embedding:
             raise ValueError(f"{chosen} was scored with --no-embeddings: the embedding tier needs embeddings")
         return None
@@ -232,9 +231,8 @@ def _eval_embeddings(
 
         names, vectors = read_embeddings(evaluation.dataset, "image", model_id)
         return list(names), np.asarray(vectors, dtype=np.float32)
-    from mmdata.score import store
 
-    provenance = store.read_model_record(root, model_id)
+    provenance = layout.read_model_record(root, model_id)
     return evaluation.names, encode_images(provenance, evaluation.images, pretrained=pretrained, device=device)
 
 

@@ -167,18 +167,17 @@ def dedup(root: str | os.PathLike, config: DedupConfig | None = None, *, executi
     """
     config, execution = stage_settings(DedupConfig, "dedup", config, execution, options)
     model = config.model
-    from mmdata.score import store
     from mmdata.table import read_embeddings, read_table
 
     root = layout.local_path(root)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: download into it first (mmdata download)")
-    if model is not None and model not in store.scored_models(root):
-        raise ValueError(f"no score run {model!r} in {root}/scores (runs: {store.scored_models(root) or 'none'})")
+    if model is not None and model not in layout.scored_models(root):
+        raise ValueError(f"no score run {model!r} in {root}/scores (runs: {layout.scored_models(root) or 'none'})")
     # which twin is kept: the best clip_score of the chosen model (or the default one), if scored
     score_column = (
-        f"{store.SCORE_COLUMN_PREFIX}{model}" if model
-        else ("clip_score" if store.default_model(root) else None)
+        f"{layout.SCORE_COLUMN_PREFIX}{model}" if model
+        else ("clip_score" if layout.default_model(root) else None)
     )
     samples = read_table(root, columns=["key", "status", *([score_column] if score_column else [])])
     samples = samples.filter(pc.equal(samples.column("status"), SUCCESS))

@@ -44,16 +44,16 @@ def score(config: ScoreConfig | None = None, *, execution: Execution = None, **o
     config, execution = stage_settings(ScoreConfig, "score", config, execution, options)
     root = Path(config.dataset)
     spec = resolve_model(config.model, config.pretrained)
-    output_dir = store.model_dir(root, spec.model_id)
+    output_dir = layout.model_dir(root, spec.model_id)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_temporaries(output_dir)
-    record = store.read_model_record(root, spec.model_id)
+    record = layout.read_model_record(root, spec.model_id)
     _check_same_model(record, spec, config)
 
     shards = layout.complete_shards(root)
     if not shards:
         raise ValueError(f"{root} holds no complete shard (no NNNNN_stats.json): download into it first")
-    todo = [shard for shard in shards if not store.score_path(root, spec.model_id, shard).exists()]
+    todo = [shard for shard in shards if not layout.score_path(root, spec.model_id, shard).exists()]
     started = time.perf_counter()
     run = _Run(root, spec, config, record)
     if todo:
@@ -70,7 +70,7 @@ def score(config: ScoreConfig | None = None, *, execution: Execution = None, **o
                 (spec, config, int(plan.num_cpus)),
                 "score",
                 [
-                    (shard, str(layout.tar_path(root, shard)), str(store.score_path(root, spec.model_id, shard)),
+                    (shard, str(layout.tar_path(root, shard)), str(layout.score_path(root, spec.model_id, shard)),
                      executor.reporter(shard))
                     for shard in todo
                 ],
@@ -124,7 +124,7 @@ class _Run:
         scored_samples = counts.get("samples", 0)
         summary = {
             "model_id": self.spec.model_id,
-            "output_dir": str(store.model_dir(self.root, self.spec.model_id)),
+            "output_dir": str(layout.model_dir(self.root, self.spec.model_id)),
             "shards": shards,
             "shards_skipped": skipped,
             "counts": counts,
@@ -158,7 +158,7 @@ def _check_same_model(record: dict | None, spec: ModelSpec, config: ScoreConfig)
     different = [name for name in _IDENTITY_FIELDS if record.get(name) != current[name]]
     if spec.weights == "tag" and record.get("pretrained") != spec.pretrained:
         different.append("pretrained")
-    folder = store.model_dir(config.dataset, spec.model_id)
+    folder = layout.model_dir(config.dataset, spec.model_id)
     if different:
         raise ValueError(
             f"{folder} holds scores of other weights ({', '.join(different)} differ); "
@@ -250,7 +250,7 @@ def _update_manifest(root: Path, model_id: str, summary: dict) -> None:
         "scored_at": _now(),
         "counts": summary["counts"],
     }
-    scores["default"] = store.default_model(root)
+    scores["default"] = layout.default_model(root)
     write_json(path, manifest)
 
 

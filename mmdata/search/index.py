@@ -36,7 +36,6 @@ from mmdata.execution import Execution, StageProgress, sized, using
 from mmdata.options import stage_execution
 from mmdata.schemas import align_table
 from mmdata.schemas.index import ROWS_SCHEMA
-from mmdata.score import store
 from mmdata.search.ann import AnnIndex, IndexConfig, parse_memory
 
 INDEX_DIR = "index"
@@ -70,8 +69,8 @@ def index_dir(root: str | os.PathLike, model_id: str, kind: str) -> Path:
 
 def resolve_model_id(root: str | os.PathLike, model: str | None) -> str:
     """The scored model an index is for: ``model`` (a model id under DIR/scores/) or the default one."""
-    models = store.scored_models(root)
-    model_id = model or store.default_model(root)
+    models = layout.scored_models(root)
+    model_id = model or layout.default_model(root)
     if model_id is None:
         raise ValueError(f"{root} has no scores: run `mmdata score {root} --model M` first")
     if model_id not in models:
@@ -124,7 +123,7 @@ def build_index(
     version_dir = folder / version
     ann.save(version_dir)
     write_parquet(rows, version_dir / ROWS_FILE, ROWS_SCHEMA)
-    provenance = store.read_model_record(root, model_id) or {}
+    provenance = layout.read_model_record(root, model_id) or {}
     marker = {
         "version": version,
         "model_id": model_id,
@@ -159,9 +158,9 @@ def embeddings_fingerprint(root: str | os.PathLike, model_id: str, kind: str) ->
     and model record, and the metadata parquet of every complete shard."""
     root = layout.local_path(root)
     digest = hashlib.sha256(f"{model_id}\0{kind}".encode())
-    paths = [store.model_dir(root, model_id) / store.MODEL_RECORD]
+    paths = [layout.model_dir(root, model_id) / layout.MODEL_RECORD]
     for shard in layout.complete_shards(root):
-        paths += [store.score_path(root, model_id, shard), layout.parquet_path(root, shard)]
+        paths += [layout.score_path(root, model_id, shard), layout.parquet_path(root, shard)]
     for path in paths:
         try:
             status = path.stat()
@@ -183,7 +182,7 @@ class ShardEmbeddings:
 def read_shard_embeddings(root: str, model_id: str, kind: str, shard: str) -> ShardEmbeddings:
     """The task of one shard: its samples that have a ``kind`` embedding, with their metadata rows."""
     column = f"{kind}_embedding"
-    scores = pq.read_table(store.score_path(root, model_id, shard), columns=["key", column])
+    scores = pq.read_table(layout.score_path(root, model_id, shard), columns=["key", column])
     scores = scores.filter(pc.is_valid(scores.column(column)))
     embeddings = scores.column(column).combine_chunks()
     vectors = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(-1, embeddings.type.list_size)
@@ -197,11 +196,11 @@ def read_shard_embeddings(root: str, model_id: str, kind: str, shard: str) -> Sh
 
 def _gather_embeddings(root: Path, model_id: str, kind: str, execution: Execution) -> tuple[pa.Table, np.ndarray]:
     """Every complete shard's ``kind`` embeddings and index rows, in shard order."""
-    record = store.read_model_record(root, model_id) or {}
+    record = layout.read_model_record(root, model_id) or {}
     if not record.get("keep_embeddings", True):
         raise ValueError(f"{model_id} was scored with --no-embeddings; "
                          "re-score into a copy without it to get embeddings")
-    shards = [shard for shard in layout.complete_shards(root) if store.score_path(root, model_id, shard).is_file()]
+    shards = [shard for shard in layout.complete_shards(root) if layout.score_path(root, model_id, shard).is_file()]
     if not shards:
         return ROWS_SCHEMA.empty_table(), np.zeros((0, int(record.get("embed_dim", 0))), np.float16)
     progress = StageProgress(f"index {kind}", tasks=len(shards), final_counts=_vector_counts)

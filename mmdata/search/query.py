@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow.compute as pc
 
 from mmdata import layout
-from mmdata.score import store
 from mmdata.search.encode import QueryEncoder, match_query_model, stored_spec
 from mmdata.search.index import KINDS, build_index, load_index, resolve_model_id
 
@@ -96,8 +95,8 @@ def search(
 
 def _choose_model(root: Path, model: str | None, pretrained: str | None):
     """(model id whose index to search, the query model's spec when the user named one)."""
-    if model is None or model in store.scored_models(root):
+    if model is None or model in layout.scored_models(root):
         return resolve_model_id(root, model), None
     default_id = resolve_model_id(root, None)
-    records = {model_id: store.read_model_record(root, model_id) or {} for model_id in store.scored_models(root)}
+    records = {model_id: layout.read_model_record(root, model_id) or {} for model_id in layout.scored_models(root)}
     return match_query_model(model, pretrained, records, default_id)

@@ -11,7 +11,6 @@ from PIL import Image, ImageOps
 from mmdata import layout
 from mmdata.cli import main as cli_main
 from mmdata.curate.decontaminate import decontaminate, encode_images
-from mmdata.score import store
 from mmdata.score.model import tiny_model_config, write_model_config
 from mmdata.table import read_embeddings
 
@@ -85,10 +84,10 @@ def test_embedding_tier_rebuilds_the_scoring_model(dataset, tmp_path, ray_local)
     config_path = write_model_config(tmp_path / "tinyclip.json", tiny_model_config())
     score(dataset=str(root), model=str(config_path), device="cpu", batch_size=32, show_progress=False)
     config_path.unlink()
-    model_id = store.default_model(root)
+    model_id = layout.default_model(root)
     keys, stored = read_embeddings(root, "image", model_id)
     sample = [items[key].image for key in keys[:6]]
-    rebuilt = encode_images(store.read_model_record(root, model_id), sample)
+    rebuilt = encode_images(layout.read_model_record(root, model_id), sample)
     assert np.all(np.einsum("ij,ij->i", rebuilt, stored[:6]) > 0.999)
 
     evaluation = tmp_path / "eval"

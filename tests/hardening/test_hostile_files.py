@@ -115,7 +115,6 @@ def test_dedup_hashing_drops_pickle_members_without_unpickling(tmp_path):
 
 
 def test_scoring_fails_hostile_shards_by_name_and_scores_the_rest(hostile, ray_local, tmp_path):
-    from mmdata.score import store
     from mmdata.score.model import tiny_model_config, write_model_config
 
     root, outside, keys = hostile
@@ -126,10 +125,10 @@ def test_scoring_fails_hostile_shards_by_name_and_scores_the_rest(hostile, ray_l
     failed = " ".join(map(str, summary["failures"]))
     for kind in REFUSED_KINDS:
         assert layout.tar_path(root, HOSTILE_KINDS.index(kind) + 1).name in failed, kind
-    scored = {path.stem for path in store.model_dir(root, summary["model_id"]).glob("*.parquet")}
+    scored = {path.stem for path in layout.model_dir(root, summary["model_id"]).glob("*.parquet")}
     pickle_shard = layout.shard_name(HOSTILE_KINDS.index("pickle") + 1)
     assert scored == {"00000", pickle_shard}
-    assert pq.read_table(store.score_path(root, summary["model_id"], pickle_shard)).num_rows == 3
+    assert pq.read_table(layout.score_path(root, summary["model_id"], pickle_shard)).num_rows == 3
     assert not outside.exists()
     assert all(path.startswith(("data/scores", "models")) for path in snapshot(tmp_path) - before)
 

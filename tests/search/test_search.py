@@ -81,7 +81,7 @@ def test_index_rebuilt_only_when_embeddings_change(shapes_dataset, tmp_path):
     again = build_index(root)
     assert not again.rebuilt and again.version == first.version
     model_id = first.model_id
-    score_file = store.score_path(root, model_id, "00001")
+    score_file = layout.score_path(root, model_id, "00001")
     table = pq.read_table(score_file)
     write_parquet(table.slice(0, table.num_rows - 1), score_file, table.schema)  # one sample's score is gone
     rebuilt = build_index(root)
@@ -130,10 +130,10 @@ def test_moved_or_changed_checkpoint_is_refused(shapes_dataset, tmp_path):
 
     root = tmp_path / "data"
     shutil.copytree(shapes_dataset.root, root)
-    model_id = store.scored_models(root)[0]
+    model_id = layout.scored_models(root)[0]
     moved = tmp_path / "moved.pt"
     shutil.copy(shapes_dataset.checkpoint, moved)
-    record = store.read_model_record(root, model_id)
+    record = layout.read_model_record(root, model_id)
     store.write_model_record(root, model_id, {**record, "pretrained": str(tmp_path / "gone.pt")})
     with pytest.raises(ModelMismatchError, match="checkpoint is gone"):
         mmdata.search(root, text="a red circle")
