@@ -3,7 +3,7 @@ samples in input order through :class:`~mmdata.shard_output.ShardOutput` (tar, p
 holding the shard's writer lock (:mod:`mmdata.writer_lock`) throughout.
 
 Every input row becomes one metadata row, success or failure; only successes get tar members. The
-functions here are plain Python over Arrow tables: the job runs them as Ray tasks, tests call them
+functions here are plain Python over Arrow tables: the job runs them as tasks on its executor, tests call them
 directly.
 """
 

@@ -1,5 +1,5 @@
-"""CLIP scoring: model loading (``model``), one shard's pipeline (``pipeline``), the Ray actor
-(``actor``) and the job (``job``). ``mmdata.score(...)`` runs the job."""
+"""CLIP scoring: model loading (``model``), one shard's pipeline (``pipeline``), the actor that
+holds a model (``actor``) and the job (``job``). ``mmdata.score(...)`` runs the job."""
 
 from mmdata._callable import make_package_callable
 

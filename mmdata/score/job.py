@@ -130,7 +130,7 @@ class _Run:
             "counts": counts,
             "failures": self.failures,
             "seconds": round(seconds, 3),
-            # model time inside the actors, without Ray start-up and model loading
+            # model time inside the actors, without the executor's start-up and model loading
             "actor_seconds": round(self.stats.seconds, 3),
             "samples_per_second": round(scored_samples / seconds, 2) if seconds and scored_samples else 0.0,
             "actors": self.actors,
@@ -210,7 +210,7 @@ def plan_actors(config: ScoreConfig, shards_to_score: int, cluster_cpus: float, 
     actors = max(1, min(actors, shards_to_score))
     if num_gpus * actors > cluster_gpus + 1e-9:
         raise ValueError(
-            f"{actors} actor(s) x {num_gpus:g} GPU need more than the {cluster_gpus:g} GPU(s) the Ray cluster has; "
+            f"{actors} actor(s) x {num_gpus:g} GPU need more than the {cluster_gpus:g} GPU(s) the executor has; "
             f"use fewer --actors or a smaller --gpus-per-actor"
         )
     num_cpus = config.cpus_per_actor or max(1, int(cluster_cpus // actors))
