@@ -40,6 +40,3 @@ class ExecutionConfig:
         None when none was given."""
         given = {name: options.pop(name) for name in EXECUTION_OPTIONS if options.get(name) is not None}
         return cls(**given) if given else None
-
-    def to_dict(self) -> dict:
-        return {"executor": self.executor, "workers": self.concurrency, "ray_address": self.ray_address}
