@@ -1,71 +1,38 @@
-"""Commit-last file writes: every output appears under its final name complete, or not at all."""
+"""Commit-last file writes: every output appears under its final name complete, or not at all, on a
+local disk (temporary + fsync + rename) and on an object store (one whole upload) alike."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import uuid
-from pathlib import Path
 from typing import IO, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mmdata.layout import TEMP_SUFFIX
 from mmdata.schemas import align_table
+from mmdata.storage import Location, location, locks, write_parquet_bytes
 
 
-def temp_path_for(path: str | os.PathLike) -> Path:
-    """A hidden sibling name that no reader globbing ``*.tar`` / ``*.parquet`` will pick up."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+def remove_temporaries(folder: str | os.PathLike | Location) -> int:
+    """Delete the temporaries an interrupted writer left in ``folder`` (object stores leave none)."""
+    folder = location(folder)
+    return locks.remove_temporaries(folder.path) if folder.is_local else 0
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write to a temporary sibling, fsync, then rename over ``path``; remove it on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_path_for(path)
-    try:
-        with open(temp, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        raise
+def atomic_file(path: str | os.PathLike | Location, mode: str = "wb") -> Iterator[IO]:
+    """Write through a temporary; the file appears under ``path`` whole when the block ends, never on error."""
+    with location(path).writer(mode) as handle:
+        yield handle
 
 
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    with atomic_file(path, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
+def write_json(path: str | os.PathLike | Location, payload: dict) -> None:
+    location(path).write_json(payload)
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike, schema: pa.Schema, *, keep_extra: bool = False) -> pa.Table:
+def write_parquet(table: pa.Table, path: str | os.PathLike | Location, schema: pa.Schema, *,
+                  keep_extra: bool = False) -> pa.Table:
     """Validate ``table`` against ``schema`` and write it atomically; returns the aligned table."""
     aligned = align_table(table, schema, keep_extra=keep_extra)
-    with atomic_file(path) as handle:
-        pq.write_table(aligned, handle, compression="zstd")
+    location(path).write_bytes(write_parquet_bytes(aligned))
     return aligned
-
-
-def temporaries(folder: str | os.PathLike) -> list[Path]:
-    """The temporaries (``temp_path_for`` names) directly in ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return [path for path in folder.iterdir()
-            if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()]
-
-
-def remove_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporaries left by an interrupted run; returns how many were removed."""
-    found = temporaries(folder)
-    for path in found:
-        path.unlink(missing_ok=True)
-    return len(found)

@@ -4,9 +4,11 @@ The layout is img2dataset's flat one, so existing tools read it::
 
     DIR/00000.tar  DIR/00000.parquet  DIR/00000_stats.json  ...  DIR/manifest.json
 
-A shard is complete when its ``_stats.json`` exists: the stats file is renamed into place last.
-Later stages add folders beside the shards: ``scores/<model>/``, ``views/``, ``annotations/``,
-``index/``.
+``DIR`` is a local folder or any fsspec URL (``s3://bucket/ds``); every path here is a
+:class:`~mmdata.storage.Location`. A shard is complete when its ``_stats.json`` exists: it is written
+last (:mod:`mmdata.storage.commit`). Shard names have ``shard_digits`` digits (5 unless a dataset
+needs more, like img2dataset's ``oom_shard_count``) and are always ordered by number. Later stages
+add folders beside the shards: ``scores/<model>/``, ``views/``, ``annotations/``, ``index/``.
 
 Scores: ``DIR/scores/<model_id>/<shard>.parquet`` (present = complete), ``DIR/scores/<model_id>/model.json``
 (the provenance dict, plus keep_embeddings, precision, device, scored_at and the last run's counts) and
@@ -18,36 +20,37 @@ scoring stage; :mod:`mmdata.score.store` writes them.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
-from pathlib import Path
+
+from mmdata.storage import Location, location
 
 SHARD_DIGITS = 5
-_SHARD_STATS = re.compile(r"^(\d{5,})_stats\.json$")
-TEMP_SUFFIX = ".tmp"
+_SHARD_STATS = re.compile(r"^(\d+)_stats\.json$")
 MODEL_RECORD = "model.json"
 DEFAULT_MARKER = "default.json"
 SCORE_COLUMN_PREFIX = "clip_score__"  # read_table's column of each scored model: clip_score__<model_id>
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+Root = str | os.PathLike | Location
 
 
-def local_path(path: str | os.PathLike) -> Path:
-    """``path`` as a local path (a ``file://`` URL gives its path). Any other URL (``s3://``, ``gs://``,
-    ``https://``) is refused: the stages read and write local folders only (the loader alone reads
-    URLs), and a URL taken as a relative path would silently write a folder named ``s3:`` here."""
-    text = os.fspath(path)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
-    if _URL.match(text):
-        raise ValueError(f"{text!r} is a URL: this command reads and writes local folders and files only "
-                         "(object storage is not supported yet; mmdata.stream alone reads URLs); pass a local path")
-    return Path(text)
+def dataset(root: Root, storage_options: dict | None = None) -> Location:
+    """The dataset folder ``root`` (a path, a ``file://`` or fsspec URL, or a Location) as a Location."""
+    return location(root, storage_options)
 
 
-def shard_name(shard: int) -> str:
-    return f"{shard:0{SHARD_DIGITS}d}"
+def shard_name(shard: int, digits: int = SHARD_DIGITS) -> str:
+    return f"{shard:0{digits}d}"
+
+
+def shard_digits_for(shards: int | None, digits: int | None = None) -> int:
+    """The shard-name width: ``digits`` if given (it must fit ``shards``), else 5 or as many as ``shards`` needs."""
+    needed = len(str(max(shards - 1, 0))) if shards else 1
+    if digits is None:
+        return max(SHARD_DIGITS, needed)
+    if digits < needed:
+        raise ValueError(f"shard_digits={digits} cannot name {shards} shards (needs {needed} digits)")
+    return digits
 
 
 def row_digits(shard_size: int) -> int:
@@ -55,8 +58,8 @@ def row_digits(shard_size: int) -> int:
     return max(1, math.ceil(math.log10(shard_size))) if shard_size > 1 else 1
 
 
-def sample_key(shard: int, row: int, shard_size: int) -> str:
-    return f"{shard_name(shard)}{row:0{row_digits(shard_size)}d}"
+def sample_key(shard: int, row: int, shard_size: int, digits: int = SHARD_DIGITS) -> str:
+    return f"{shard_name(shard, digits)}{row:0{row_digits(shard_size)}d}"
 
 
 def sample_uid(url: str | None, caption: str | None) -> str:
@@ -68,87 +71,89 @@ def sample_uid(url: str | None, caption: str | None) -> str:
     return digest.hexdigest()
 
 
-def tar_path(root: str | os.PathLike, shard: int | str) -> Path:
-    return local_path(root) / f"{_name(shard)}.tar"
+def tar_path(root: Root, shard: int | str) -> Location:
+    return dataset(root) / f"{_name(shard)}.tar"
 
 
-def parquet_path(root: str | os.PathLike, shard: int | str) -> Path:
-    return local_path(root) / f"{_name(shard)}.parquet"
+def parquet_path(root: Root, shard: int | str) -> Location:
+    return dataset(root) / f"{_name(shard)}.parquet"
 
 
-def stats_path(root: str | os.PathLike, shard: int | str) -> Path:
-    return local_path(root) / f"{_name(shard)}_stats.json"
+def stats_path(root: Root, shard: int | str) -> Location:
+    return dataset(root) / f"{_name(shard)}_stats.json"
 
 
-def manifest_path(root: str | os.PathLike) -> Path:
-    return local_path(root) / "manifest.json"
+def manifest_path(root: Root) -> Location:
+    return dataset(root) / "manifest.json"
 
 
-def views_dir(root: str | os.PathLike) -> Path:
-    return local_path(root) / "views"
+def views_dir(root: Root) -> Location:
+    return dataset(root) / "views"
 
 
-def annotations_dir(root: str | os.PathLike) -> Path:
+def annotations_dir(root: Root) -> Location:
     """Per-sample columns added by later stages (dedup, contamination), one parquet per stage, keyed by ``key``."""
-    return local_path(root) / "annotations"
+    return dataset(root) / "annotations"
 
 
-def scores_dir(root: str | os.PathLike) -> Path:
-    return local_path(root) / "scores"
+def scores_dir(root: Root) -> Location:
+    return dataset(root) / "scores"
 
 
-def model_dir(root: str | os.PathLike, model_id: str) -> Path:
+def model_dir(root: Root, model_id: str) -> Location:
     return scores_dir(root) / model_id
 
 
-def score_path(root: str | os.PathLike, model_id: str, shard: str) -> Path:
+def score_path(root: Root, model_id: str, shard: str) -> Location:
     return model_dir(root, model_id) / f"{shard}.parquet"
 
 
-def model_record_path(root: str | os.PathLike, model_id: str) -> Path:
+def model_record_path(root: Root, model_id: str) -> Location:
     return model_dir(root, model_id) / MODEL_RECORD
 
 
-def default_marker_path(root: str | os.PathLike) -> Path:
+def default_marker_path(root: Root) -> Location:
     return scores_dir(root) / DEFAULT_MARKER
 
 
-def read_model_record(root: str | os.PathLike, model_id: str) -> dict | None:
-    path = model_record_path(root, model_id)
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_model_record(root: Root, model_id: str) -> dict | None:
+    try:
+        return model_record_path(root, model_id).read_json()
+    except FileNotFoundError:
+        return None
 
 
-def scored_models(root: str | os.PathLike) -> list[str]:
+def scored_models(root: Root) -> list[str]:
     """Ids of the models with a record, most recently scored first."""
-    folder = scores_dir(root)
-    if not folder.is_dir():
-        return []
     records = {}
-    for path in folder.iterdir():
-        record = read_model_record(root, path.name) if path.is_dir() else None
+    for name, entry in scores_dir(root).list().items():
+        record = read_model_record(root, name) if entry["type"] == "directory" else None
         if record is not None:
-            records[path.name] = record
+            records[name] = record
     return sorted(records, key=lambda model_id: (records[model_id].get("scored_at", ""), model_id), reverse=True)
 
 
-def default_model(root: str | os.PathLike) -> str | None:
+def default_model(root: Root) -> str | None:
     """The model chosen as default if it is still scored, else the most recently scored one."""
     models = scored_models(root)
-    marker = default_marker_path(root)
-    if marker.is_file():
-        chosen = json.loads(marker.read_text()).get("model_id")
-        if chosen in models:
-            return chosen
+    try:
+        chosen = default_marker_path(root).read_json().get("model_id")
+    except FileNotFoundError:
+        chosen = None
+    if chosen in models:
+        return chosen
     return models[0] if models else None
 
 
-def complete_shards(root: str | os.PathLike) -> list[str]:
+def complete_shards(root: Root) -> list[str]:
     """Names of the shards whose stats file exists, in shard order (00000 ... 99999, 100000, ...)."""
-    root = local_path(root)
-    if not root.is_dir():
-        return []
-    names = [m.group(1) for p in root.iterdir() if (m := _SHARD_STATS.match(p.name))]
-    return sorted(names, key=int)
+    names = [m.group(1) for name in dataset(root).names("_stats.json") if (m := _SHARD_STATS.match(name))]
+    return sorted(names, key=shard_order)
+
+
+def shard_order(name: str) -> tuple[int, str]:
+    """Sort key of shard names: by number (so 100000 follows 99999), then by name."""
+    return (int(name), name) if name.isdigit() else (-1, name)
 
 
 def _name(shard: int | str) -> str:

@@ -1,40 +1,40 @@
 """Writing one shard of a dataset: tar members, metadata rows and stats, committed in that order.
 
-A shard is visible to readers only once its stats file exists, and the stats file is renamed into
-place last, so an interrupted writer leaves either a complete shard or one that a re-run redoes. The
-stats are computed from the metadata table as written, so the two cannot disagree.
+A shard is visible to readers only once its stats file exists, and the stats file is written last
+(:mod:`mmdata.storage.commit`, locally and on object stores), so an interrupted writer leaves either a
+complete shard or one that a re-run redoes. The stats are computed from the metadata table as
+written, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pyarrow as pa
 
-from mmdata import layout
-from mmdata.atomic import write_json, write_parquet
+from mmdata.schemas import align_table
 from mmdata.schemas.samples import SAMPLE_SCHEMA, SPAN_FIELDS
 from mmdata.shards import ShardWriter
 from mmdata.stats import shard_stats
+from mmdata.storage import write_parquet_bytes
+from mmdata.storage.commit import ShardSlot
 
 
 class ShardOutput:
-    """Collects one shard: ``add`` each input row (with its members, or ``None`` for a failure),
-    then ``commit``.
+    """Collects one shard into the ``slot`` its writer holds (:func:`mmdata.storage.commit.shard_writer`):
+    ``add`` each input row (with its members, or ``None`` for a failure), then ``commit``.
 
     Columns outside SAMPLE_SCHEMA (input columns a user asked to keep) take their type from
     ``extra_fields`` where given, so a column that is all null in one shard keeps the type it has in
     the input instead of becoming type null there.
     """
 
-    def __init__(self, root: str | os.PathLike, shard: int | str, *, extra_fields: pa.Schema | None = None):
-        self.root = Path(root)
-        self.shard = shard
+    def __init__(self, slot: ShardSlot, *, extra_fields: pa.Schema | None = None):
+        self.slot = slot
+        self.shard = slot.shard
         self._types = {field.name: field.type for field in (extra_fields or [])}
         self._types.update({field.name: field.type for field in SAMPLE_SCHEMA})
-        self._tar = ShardWriter(layout.tar_path(root, shard))
+        self._tar = ShardWriter(slot.staging_path())
         self._rows: list[dict] = []
         self._start_time, self._started = time.time(), time.perf_counter()
 
@@ -46,8 +46,9 @@ class ShardOutput:
         self._rows.append(row)
 
     def commit(self, extra_stats: dict | None = None) -> dict:
-        """Rename the tar, write the metadata parquet, then the stats file (the completion marker);
-        returns the stats: those of the metadata table, plus ``extra_stats``.
+        """Publish the tar, the metadata parquet, then the stats file (the completion marker); returns
+        the committed stats: those of the metadata table, plus ``extra_stats`` (or, where another
+        writer of the same shard committed first, that writer's).
 
         A field of ``extra_stats`` that the table determines (``count``, ``successes``, ...) must
         agree with it: a hand count that does not add up is a bug in the caller.
@@ -57,8 +58,8 @@ class ShardOutput:
         names = list(dict.fromkeys(name for row in self._rows for name in row))
         columns = {name: pa.array([row.get(name) for row in self._rows], type=self._types.get(name)) for name in names}
         table = pa.table(columns) if self._rows else SAMPLE_SCHEMA.empty_table()
-        self._tar.commit()
-        aligned = write_parquet(table, layout.parquet_path(self.root, self.shard), SAMPLE_SCHEMA, keep_extra=True)
+        tar_file = self._tar.finish()
+        aligned = align_table(table, SAMPLE_SCHEMA, keep_extra=True)
         stats = shard_stats(aligned, shard=self.shard, duration=time.perf_counter() - self._started,
                             start_time=self._start_time)
         disagreeing = {name: (value, stats[name]) for name, value in (extra_stats or {}).items()
@@ -67,8 +68,10 @@ class ShardOutput:
             raise ValueError(f"shard {self.shard}: extra stats disagree with the metadata table "
                              f"(given, computed): {disagreeing}")
         stats.update(extra_stats or {})
-        write_json(layout.stats_path(self.root, self.shard), stats)
-        return stats
+        try:
+            return self.slot.commit(str(tar_file), write_parquet_bytes(aligned), stats)
+        finally:
+            self._tar.abort()  # the staging file, if the commit did not move it
 
     def abort(self) -> None:
         self._tar.abort()

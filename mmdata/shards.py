@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from mmdata.atomic import temp_path_for
+from mmdata.storage import Location, location
 
 # Members that would be unpickled (or executed) by naive loaders; never handed to callers.
 UNSAFE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "mp"})
@@ -33,15 +33,15 @@ class SampleSpan:
 
 
 class ShardWriter:
-    """Writes ``{key}.{ext}`` members to a hidden temporary tar; :meth:`commit` renames it into place.
+    """Writes ``{key}.{ext}`` members to a local staging file; :meth:`finish` closes and fsyncs it for
+    the commit protocol (:mod:`mmdata.storage.commit`) to publish.
 
     Members carry fixed owner and time so that the same samples give the same bytes.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._temp = temp_path_for(self.path)
+    def __init__(self, staging: str | os.PathLike):
+        self._temp = Path(staging)
+        self._temp.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._temp, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
 
@@ -55,13 +55,13 @@ class ShardWriter:
             self._tar.addfile(info, io.BytesIO(payload))
         return SampleSpan(start, self._file.tell() - start)
 
-    def commit(self) -> Path:
+    def finish(self) -> Path:
+        """Close the tar and make it durable; returns the staging file."""
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._temp, self.path)
-        return self.path
+        return self._temp
 
     def abort(self) -> None:
         """Remove the temporary tar, even when closing it fails (a full disk fails the final flush)."""
@@ -104,7 +104,7 @@ def is_pickle_like(extension: str) -> bool:
 
 
 def iter_samples(
-    source: str | os.PathLike | BinaryIO,
+    source: str | os.PathLike | Location | BinaryIO,
     *,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     skip_unsafe: bool = True,
@@ -151,8 +151,12 @@ def samples_in_range(blob: bytes, **limits) -> list[tuple[str, dict[str, bytes]]
     return list(iter_samples(io.BytesIO(blob + TAR_END), **limits))
 
 
-def _open_tar(source: str | os.PathLike | BinaryIO) -> tarfile.TarFile:
+@contextlib.contextmanager
+def _open_tar(source: str | os.PathLike | Location | BinaryIO) -> Iterator[tarfile.TarFile]:
     # Stream mode: no seeking, members read in order, nothing extracted to disk.
-    if isinstance(source, (str, os.PathLike)):
-        return tarfile.open(source, mode="r|")
-    return tarfile.open(fileobj=source, mode="r|")
+    if isinstance(source, (str, os.PathLike, Location)):
+        with location(source).open("rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
+            yield archive
+        return
+    with tarfile.open(fileobj=source, mode="r|") as archive:
+        yield archive

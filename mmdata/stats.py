@@ -10,7 +10,6 @@ error classes.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ import pyarrow.compute as pc
 
 from mmdata import __version__, layout
 from mmdata.schemas.samples import FAILED_TO_DECODE, FILTERED, SUCCESS
+from mmdata.storage.location import read_all
 
 # img2dataset splits failures into these two counters; every status falls in exactly one.
 RESIZE_FAILURES = frozenset({FAILED_TO_DECODE, FILTERED})
@@ -71,9 +71,11 @@ def shard_stats(rows: pa.Table, *, shard: int | str, duration: float, start_time
     }
 
 
-def load_shard_stats(root: str | os.PathLike) -> list[dict]:
-    """The stats of every complete shard under ``root``, in shard order."""
-    return [json.loads(layout.stats_path(root, name).read_text()) for name in layout.complete_shards(root)]
+def load_shard_stats(root: layout.Root) -> list[dict]:
+    """The stats of every complete shard under ``root``, in shard order (fetched concurrently from object stores)."""
+    root = layout.dataset(root)
+    files = [layout.stats_path(root, name) for name in layout.complete_shards(root)]
+    return [json.loads(data) for data in read_all(files)]
 
 
 def total_stats(shard_stats_list: list[dict]) -> dict:

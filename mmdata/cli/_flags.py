@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from mmdata.execution.config import EXECUTION_OPTIONS, EXECUTORS
 
@@ -16,6 +17,28 @@ def add_execution_flags(parser: argparse.ArgumentParser) -> None:
                        "process, one task at a time: debugging)")
     group.add_argument("--workers", type=int, metavar="N", help="tasks at once (default: the CPU count)")
     group.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster instead of starting a local one")
+
+
+def add_storage_flag(parser: argparse.ArgumentParser) -> None:
+    """``--storage-options JSON``: options for the fsspec filesystem of URL paths (``s3://...``)."""
+    parser.add_argument("--storage-options", type=_json_object, metavar="JSON",
+                        help="fsspec filesystem options for URL paths, e.g. '{\"anon\": true}' (credentials and "
+                        "endpoints otherwise come from AWS_* variables, ~/.aws, GOOGLE_APPLICATION_CREDENTIALS)")
+
+
+def storage_options(arguments: argparse.Namespace) -> dict:
+    """``{"storage_options": ...}`` when the user gave ``--storage-options``, else nothing."""
+    return given(arguments, ("storage_options",))
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"anon\": true}'")
+    return value
 
 
 def given(arguments: argparse.Namespace, names) -> dict:

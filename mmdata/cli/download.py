@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmdata.cli._defaults import defaults_from
-from mmdata.cli._flags import add_execution_flags, execution_options, given
+from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 
 _OWNERS = ("mmdata.download.config:DownloadConfig", "mmdata.download.inputs:InputSpec",
            "mmdata.download.image:ImageOptions", "mmdata.download.net:FetchPolicy")
@@ -37,7 +37,7 @@ _VALUE_FLAGS = (
     ("--threads", "threads", int, "concurrent requests inside each shard (default %(library_default)s)"),
 )
 # Flags without a value, and the options of the flags above: what the library is given when set.
-_SWITCHES = ("no_header", "skip_reencode", "retry_failed")
+_SWITCHES = ("no_header", "skip_reencode", "retry_failed", "shard_digits")
 _OPTIONS = (*(name for _, name, _, _ in _VALUE_FLAGS), *_SWITCHES, "columns", "save_additional_columns",
             "disallowed_header_directives", "allow_network")
 
@@ -50,8 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "00000_stats.json, ... and DIR/manifest.json (written last). Re-running resumes.",
         formatter_class=defaults_from(*_OWNERS),
     )
-    parser.add_argument("input", help="file or folder of parquet, csv, tsv, jsonl or txt (optionally .gz)")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="dataset folder to write")
+    parser.add_argument("input", help="file or folder (a path or URL) of parquet, csv, tsv, jsonl or txt (or .gz)")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="dataset folder to write: a local path or a URL (s3://bucket/ds, gs://...)")
+    parser.add_argument("--shard-digits", dest="shard_digits", type=int, metavar="N",
+                        help="digits of shard names, img2dataset's oom_shard_count (default 5, or more when the "
+                        "input's row count needs them)")
     parser.add_argument("--no-header", action="store_true", default=None,
                         help="csv/tsv whose first line is data (use --columns)")
     parser.add_argument("--columns", type=_names, metavar="NAMES",
@@ -76,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="re-attempt rows whose failure was transient")
     for flag, name, value_type, text in _VALUE_FLAGS:
         parser.add_argument(flag, dest=name, type=value_type, help=text)
+    add_storage_flag(parser)
     add_execution_flags(parser)
     parser.set_defaults(handler=run)
 
@@ -84,7 +89,7 @@ def run(arguments: argparse.Namespace) -> int:
     from mmdata.download.job import download, summary_text
 
     manifest = download(input=arguments.input, output_dir=arguments.output, **given(arguments, _OPTIONS),
-                        **execution_options(arguments))
+                        **storage_options(arguments), **execution_options(arguments))
     print(summary_text(manifest))
     return 0
 

@@ -14,12 +14,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from mmdata import layout
 from mmdata.download.image import ImageOptions
 from mmdata.download.inputs import InputSpec
 from mmdata.download.net import FetchPolicy
-from mmdata.layout import local_path
+from mmdata.storage import Location, location
 
 # Flat option names that differ from the owning dataclass's field name.
 _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
@@ -28,24 +28,32 @@ _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
 @dataclass(frozen=True, kw_only=True)
 class DownloadConfig:
     """One download job: ``threads`` concurrent requests inside each shard; ``retry_failed``
-    re-attempts only rows whose failure was transient."""
+    re-attempts only rows whose failure was transient. ``output_dir`` (and the input) may be URLs;
+    ``storage_options`` go to their fsspec filesystem and are never written to the manifest.
+    ``shard_digits`` is the width of shard names (img2dataset's ``oom_shard_count``); by default 5, or
+    more when the input's row count is known to need more."""
 
     input: InputSpec
     output_dir: str
     shard_size: int = 10_000
+    shard_digits: int | None = None
     image: ImageOptions = field(default_factory=ImageOptions)
     network: FetchPolicy = field(default_factory=FetchPolicy)
     threads: int = 32
     retry_failed: bool = False
+    storage_options: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, InputSpec):
             raise ValueError(f"input must be an InputSpec, got {type(self.input).__name__}")
         if not self.output_dir:
             raise ValueError("output_dir is required: pass --output DIR")
-        object.__setattr__(self, "output_dir", str(local_path(self.output_dir)))
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+        root = location(self.output_dir, self.storage_options)
+        object.__setattr__(self, "output_dir", root.url)
+        if root.is_file():
             raise ValueError(f"output {self.output_dir!r} exists and is not a folder: pass a folder path")
+        if self.shard_digits is not None and (not isinstance(self.shard_digits, int) or self.shard_digits < 1):
+            raise ValueError(f"shard_digits must be a positive integer, got {self.shard_digits!r}")
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {self.shard_size!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
@@ -65,6 +73,8 @@ class DownloadConfig:
             else:
                 known = sorted(set().union(*names.values()) - {"path", "input", "image", "network"} | {"input"})
                 raise ValueError(f"unknown download option {name!r}; known options: {', '.join(known)}")
+        if owners[cls].get("storage_options"):
+            owners[InputSpec]["storage_options"] = owners[cls]["storage_options"]
         if "path" not in owners[InputSpec]:
             raise ValueError("input is required: pass the path of a file or folder of URL+caption tables")
         return cls(
@@ -74,13 +84,23 @@ class DownloadConfig:
             **owners[cls],
         )
 
+    @property
+    def root(self) -> Location:
+        """The output dataset folder, on its filesystem."""
+        return layout.dataset(self.output_dir, self.storage_options)
+
     def to_dict(self) -> dict:
-        """The options as plain JSON values, for the manifest."""
-        return _finite(json.loads(json.dumps(dataclasses.asdict(self), default=_plain)))
+        """The options as plain JSON values, for the manifest (storage options left out: they may hold secrets)."""
+        options = dataclasses.asdict(self)
+        options.pop("storage_options")
+        options["input"].pop("storage_options", None)
+        return _finite(json.loads(json.dumps(options, default=_plain)))
 
     def fingerprint(self) -> str:
         """Hash of the options that shape the stored shards; a resume must not mix shards of two settings."""
         shaping = {"input": self.to_dict()["input"], "shard_size": self.shard_size, "image": self.to_dict()["image"]}
+        if self.shard_digits not in (None, layout.SHARD_DIGITS):  # so earlier datasets' fingerprints stay valid
+            shaping["shard_digits"] = self.shard_digits
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

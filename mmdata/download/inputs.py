@@ -8,8 +8,9 @@ Arrow batches (a 3.3M-row TSV is never held as Python objects).
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
-from pathlib import Path
+import io
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Iterator
 
 import pyarrow as pa
@@ -17,8 +18,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from mmdata.layout import local_path
 from mmdata.schemas.samples import SAMPLE_SCHEMA
+from mmdata.storage import Location, location
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 _EXTENSIONS = {
@@ -30,7 +31,7 @@ _TXT_BATCH_ROWS = 65_536
 
 @dataclass(frozen=True, kw_only=True)
 class InputSpec:
-    """Where the URL table is and which of its columns to use."""
+    """Where the URL table is (a local path or any fsspec URL) and which of its columns to use."""
 
     path: str
     input_format: str | None = None  # default: from each file's extension (.gz stripped)
@@ -39,9 +40,10 @@ class InputSpec:
     no_header: bool = False  # csv/tsv whose first line is data (CC3M)
     columns: tuple[str, ...] | None = None  # names for a headerless file's columns
     save_additional_columns: tuple[str, ...] = ()
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", str(local_path(self.path)))
+        object.__setattr__(self, "path", location(self.path, self.storage_options).url)
         for name in ("columns", "save_additional_columns"):
             if isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} takes a sequence of names, e.g. ('caption', 'url'), not a string")
@@ -76,10 +78,10 @@ class InputSpec:
                 )
 
 
-def input_files(spec: InputSpec) -> list[tuple[Path, str]]:
+def input_files(spec: InputSpec) -> list[tuple[Location, str]]:
     """The files to read with their formats: the file itself, or a folder's files of known
     formats in sorted name order (hidden files skipped)."""
-    path = Path(spec.path)
+    path = location(spec.path, spec.storage_options)
     if path.is_file():
         found = [(path, spec.input_format or _format_from_name(path, strict=True))]
     elif path.is_dir():
@@ -92,11 +94,12 @@ def input_files(spec: InputSpec) -> list[tuple[Path, str]]:
     return found
 
 
-def _folder_files(path: Path, input_format: str | None) -> list[tuple[Path, str]]:
+def _folder_files(path: Location, input_format: str | None) -> list[tuple[Location, str]]:
     found = []
-    for child in sorted(path.iterdir(), key=lambda p: p.name):
-        if child.name.startswith((".", "_")) or not child.is_file():
+    for name in path.names():
+        if name.startswith((".", "_")):
             continue
+        child = path / name
         file_format = _format_from_name(child, strict=False)
         if file_format is not None and input_format in (None, file_format):
             found.append((child, file_format))
@@ -136,14 +139,18 @@ def count_rows(spec: InputSpec) -> int | None:
     files = input_files(spec)
     if any(file_format != "parquet" for _, file_format in files):
         return None
-    return sum(pq.ParquetFile(path).metadata.num_rows for path, _ in files)
+    total = 0
+    for path, _ in files:
+        with path.open("rb") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
 
 
-def _format_from_name(path: Path, *, strict: bool) -> str | None:
+def _format_from_name(path: Location, *, strict: bool) -> str | None:
     name = path.name.lower()
     if name.endswith(".gz"):
         name = name[:-3]
-    file_format = _EXTENSIONS.get(Path(name).suffix)
+    file_format = _EXTENSIONS.get(PurePosixPath(name).suffix)
     if file_format is None and strict:
         raise ValueError(
             f"cannot tell the format of {str(path)!r} from its extension; pass input_format "
@@ -165,7 +172,7 @@ def _iter_batches(spec: InputSpec) -> Iterator[pa.RecordBatch]:
             raise ValueError(f"cannot read {file_format} input {str(path)!r}: {error}") from error
 
 
-def _select(batch: pa.RecordBatch, spec: InputSpec, path: Path) -> pa.RecordBatch:
+def _select(batch: pa.RecordBatch, spec: InputSpec, path: Location) -> pa.RecordBatch:
     """url, caption, additional columns; url and caption as (nullable) strings."""
     names = batch.schema.names
     missing = [name for name in (spec.url_col, *spec.save_additional_columns) if name not in names]
@@ -198,16 +205,17 @@ def _wanted_columns(spec: InputSpec, available: list[str]) -> list[str]:
     return [name for name in available if name in wanted]
 
 
-def _read_parquet(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
-    columns = _wanted_columns(spec, names)
-    if spec.url_col not in columns:
-        raise ValueError(f"{str(path)!r} has no column {spec.url_col!r}; columns found: {names}")
-    yield from parquet.iter_batches(batch_size=65_536, columns=columns)
+def _read_parquet(path: Location, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    with path.open("rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        names = parquet.schema_arrow.names
+        columns = _wanted_columns(spec, names)
+        if spec.url_col not in columns:
+            raise ValueError(f"{str(path)!r} has no column {spec.url_col!r}; columns found: {names}")
+        yield from parquet.iter_batches(batch_size=65_536, columns=columns)
 
 
-def _read_delimited(path: Path, file_format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+def _read_delimited(path: Location, file_format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     if file_format == "tsv":
         # CC3M-style TSV has no quoting: captions contain bare quotes.
         parse = pa_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False)
@@ -233,7 +241,7 @@ def _read_delimited(path: Path, file_format: str, spec: InputSpec) -> Iterator[p
         yield from reader
 
 
-def _read_jsonl(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+def _read_jsonl(path: Location, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     with pa_json.open_json(_stream(path), read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES)) as peek:
         names = peek.schema.names
     if spec.url_col not in names:
@@ -245,20 +253,27 @@ def _read_jsonl(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.Record
         yield from reader
 
 
-def _read_txt(path: Path, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+def _read_txt(path: Location, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     """One URL a line. A blank line is kept as an empty URL (it becomes an invalid_url row);
     surrounding whitespace is stripped."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        lines: list[str] = []
-        for line in handle:
-            lines.append(line.strip())
-            if len(lines) == _TXT_BATCH_ROWS:
-                yield pa.record_batch([pa.array(lines, pa.string())], names=[spec.url_col])
-                lines = []
-        if lines:
+    with path.open("rb") as raw:
+        binary = gzip.open(raw) if path.name.lower().endswith(".gz") else raw
+        yield from _txt_batches(io.TextIOWrapper(binary, encoding="utf-8"), spec)
+
+
+def _txt_batches(handle, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    lines: list[str] = []
+    for line in handle:
+        lines.append(line.strip())
+        if len(lines) == _TXT_BATCH_ROWS:
             yield pa.record_batch([pa.array(lines, pa.string())], names=[spec.url_col])
+            lines = []
+    if lines:
+        yield pa.record_batch([pa.array(lines, pa.string())], names=[spec.url_col])
 
 
-def _stream(path: Path) -> pa.NativeFile:
-    return pa.input_stream(str(path), compression="gzip" if path.name.lower().endswith(".gz") else None)
+def _stream(path: Location) -> pa.NativeFile:
+    compression = "gzip" if path.name.lower().endswith(".gz") else None
+    if path.is_local:
+        return pa.input_stream(path.path, compression=compression)
+    return pa.input_stream(path.open("rb"), compression=compression)

@@ -9,19 +9,16 @@ Re-running the same job resumes it: temporaries of an interrupted run are remove
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import json
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmdata import __version__, layout
-from mmdata.atomic import write_json
 from mmdata.download.config import DownloadConfig
 from mmdata.download.inputs import count_rows, iter_input_shards
 from mmdata.download.summary import format_summary
@@ -31,7 +28,8 @@ from mmdata.execution.progress import COUNT, SUCCESSES
 from mmdata.options import stage_settings
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 from mmdata.stats import load_shard_stats, total_stats
-from mmdata.writer_lock import remove_unheld_temporaries
+from mmdata.storage import read_parquet
+from mmdata.storage.commit import discard_unheld, finish_dataset
 
 
 def download(config: DownloadConfig | None = None, *, execution: Execution = None, **options) -> dict:
@@ -43,11 +41,15 @@ def download(config: DownloadConfig | None = None, *, execution: Execution = Non
     ``execution`` (or the flat ``executor``/``workers``/``ray_address``): where the shard tasks run.
     """
     config, execution = stage_settings(DownloadConfig, "download", config, execution, options)
-    root = Path(config.output_dir)
-    _check_same_settings(config)
+    root = config.root
     manifest_file = layout.manifest_path(root)
     if manifest_file.exists() and not config.retry_failed:
-        return json.loads(manifest_file.read_text())
+        return manifest_file.read_json()
+    input_rows = count_rows(config.input)  # None when only a full read would tell
+    if config.shard_digits is None:
+        shards = None if input_rows is None else -(-input_rows // config.shard_size)
+        config = dataclasses.replace(config, shard_digits=layout.shard_digits_for(shards))
+    _check_same_settings(config)
 
     started = time.perf_counter()
     complete = set(layout.complete_shards(root))
@@ -55,13 +57,11 @@ def download(config: DownloadConfig | None = None, *, execution: Execution = Non
     plan = _ShardTasks(config, complete, retries)
     tasks = plan.tasks()
     first = next(tasks, None)  # reads the input's first rows: a bad path or column fails before any executor starts
-    root.mkdir(parents=True, exist_ok=True)
-    if manifest_file.exists():
-        manifest_file.unlink()  # the job is incomplete again until every rewritten shard is committed
+    root.make_dirs()
+    manifest_file.remove()  # the job is incomplete again until every rewritten shard is committed
     # Temporaries of shards no one is writing; a worker of a killed earlier run that is still writing
     # holds its shard's lock, and the re-run of that shard waits for it to finish or die.
-    remove_unheld_temporaries(root)
-    input_rows = count_rows(config.input)  # None when only a full read would tell
+    discard_unheld(root)
     if input_rows is not None:
         input_rows += sum(retries.values()) - sum(_shard_count(config, name) for name in complete)
     input_shards = None if input_rows is None else len(complete) + -(-input_rows // config.shard_size)
@@ -71,7 +71,7 @@ def download(config: DownloadConfig | None = None, *, execution: Execution = Non
         with using(execution) as executor, progress:
             executor.run_tasks(_run_shard, _with_reporters(itertools.chain([first], tasks), executor),
                                progress=progress)
-        remove_unheld_temporaries(root)  # left by task attempts lost with their worker or node
+        discard_unheld(root)  # left by task attempts lost with their worker or node
     last_run = {"seconds": round(time.perf_counter() - started, 3), "samples": progress.counts.get(COUNT, 0)}
     return _write_manifest(config, plan.input_shards, last_run)
 
@@ -113,7 +113,7 @@ class _ShardTasks:
             yield self.config, int(name), None
         for shard, rows in enumerate(iter_input_shards(self.config.input, self.config.shard_size)):
             self.input_shards = shard + 1
-            if layout.shard_name(shard) not in self.complete:
+            if layout.shard_name(shard, self.config.shard_digits) not in self.complete:
                 yield self.config, shard, rows
 
 
@@ -121,21 +121,21 @@ def _shards_to_retry(config: DownloadConfig, complete: set[str]) -> dict[str, in
     """Complete shards holding at least one transient failure, with their row counts."""
     retries = {}
     for name in sorted(complete):
-        table = pq.read_table(layout.parquet_path(config.output_dir, name), columns=["status", "error_class"])
+        table = read_parquet(layout.parquet_path(config.root, name), columns=["status", "error_class"])
         if pc.any(transient_failures(table)).as_py():
             retries[name] = table.num_rows
     return retries
 
 
 def _shard_count(config: DownloadConfig, name: str) -> int:
-    return json.loads(layout.stats_path(config.output_dir, name).read_text())["count"]
+    return layout.stats_path(config.root, name).read_json()["count"]
 
 
 def _check_same_settings(config: DownloadConfig) -> None:
     """Refuse to resume into a folder whose shards were made with other input, shard size or image
     options: mixing them would give keys and images that disagree."""
     expected = config.fingerprint()
-    for stats in load_shard_stats(config.output_dir):
+    for stats in load_shard_stats(config.root):
         if stats.get("config_fingerprint", expected) != expected:
             raise ValueError(
                 f"{config.output_dir} holds shards made with other settings (shard {stats['shard']}: input, "
@@ -144,10 +144,11 @@ def _check_same_settings(config: DownloadConfig) -> None:
 
 
 def _write_manifest(config: DownloadConfig, input_shards: int, last_run: dict) -> dict:
-    """Check that every input shard is complete, then write ``manifest.json`` (the job's last write)."""
-    shard_stats = load_shard_stats(config.output_dir)
+    """Check that every input shard is complete, remove what only writers needed (locks, attempts),
+    then write ``manifest.json`` (the job's last write)."""
+    shard_stats = load_shard_stats(config.root)
     names = [stats["shard"] for stats in shard_stats]
-    expected = [layout.shard_name(shard) for shard in range(input_shards)]
+    expected = [layout.shard_name(shard, config.shard_digits) for shard in range(input_shards)]
     if names != expected:
         missing = sorted(set(expected) - set(names))
         raise RuntimeError(
@@ -160,14 +161,15 @@ def _write_manifest(config: DownloadConfig, input_shards: int, last_run: dict) -
         "options": config.to_dict(),
         "config_fingerprint": config.fingerprint(),
         "shards": [
-            {"shard": stats["shard"], "tar": layout.tar_path(".", stats["shard"]).name, "count": stats["count"],
+            {"shard": stats["shard"], "tar": f"{stats['shard']}.tar", "count": stats["count"],
              "successes": stats["successes"]}
             for stats in shard_stats
         ],
         "totals": total_stats(shard_stats),
         "last_run": last_run,
     }
-    write_json(layout.manifest_path(config.output_dir), manifest)
+    finish_dataset(config.root)
+    layout.manifest_path(config.root).write_json(manifest)
     return manifest
 
 

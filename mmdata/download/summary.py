@@ -3,8 +3,6 @@ stats files (:func:`mmdata.stats.shard_stats`)."""
 
 from __future__ import annotations
 
-import os
-
 from mmdata import layout
 from mmdata.stats import load_shard_stats, total_stats
 
@@ -25,9 +23,10 @@ def format_summary(total: dict, *, last_run: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def summarize_folder(root: str | os.PathLike) -> str:
+def summarize_folder(root: layout.Root, storage_options: dict | None = None) -> str:
     """The summary of a dataset folder, from its stats files alone (``mmdata stats DIR``)."""
-    if not layout.local_path(root).is_dir():
+    root = layout.dataset(root, storage_options)
+    if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     stats = load_shard_stats(root)
     if not stats:

@@ -1,6 +1,6 @@
 """Downloading one shard: fetch, check, decode and resize every row on a thread pool, then write the
 samples in input order through :class:`~mmdata.shard_output.ShardOutput` (tar, parquet, stats last),
-holding the shard's writer lock (:mod:`mmdata.writer_lock`) throughout.
+in the shard's writer slot (:mod:`mmdata.storage.commit`: a lock locally, an attempt on object stores).
 
 Every input row becomes one metadata row, success or failure; only successes get tar members. The
 functions here are plain Python over Arrow tables: the job runs them as tasks on its executor, tests call them
@@ -19,7 +19,6 @@ from typing import Iterable, Iterator, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.download.config import DownloadConfig
@@ -29,7 +28,8 @@ from mmdata.schemas.members import CAPTION_EXTENSION, METADATA_EXTENSION
 from mmdata.schemas.samples import FAILED_TO_DOWNLOAD, IDENTITY_FIELDS, OUTCOME_FIELDS, SPAN_FIELDS, SUCCESS, Outcome
 from mmdata.shard_output import ShardOutput
 from mmdata.shards import iter_samples
-from mmdata.writer_lock import shard_writer
+from mmdata.storage import read_parquet
+from mmdata.storage.commit import ShardSlot, shard_writer
 
 # Rows fetched ahead of the decoder, per fetch thread: enough that the threads never wait for it.
 FETCH_AHEAD_PER_THREAD = 4
@@ -137,14 +137,15 @@ def process_fetcher(policy: FetchPolicy) -> Fetcher:
 def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress: ProgressFeed | None = None) -> dict:
     """Download every row of ``rows`` (columns url, caption, and saved extras) into shard ``shard``;
     returns the shard's stats, also written as its ``_stats.json``."""
-    with shard_writer(config.output_dir, shard):
-        stats_file = layout.stats_path(config.output_dir, shard)
-        if stats_file.exists():  # completed by another writer (a concurrent run) while we waited
-            return json.loads(stats_file.read_text())
-        return _download_rows(config, shard, rows, progress)
+    with shard_writer(config.root, _name(config, shard)) as slot:
+        committed = slot.committed_stats()
+        if committed is not None:  # completed by another writer (a concurrent run) while we waited
+            return committed
+        return _download_rows(config, slot, shard, rows, progress)
 
 
-def _download_rows(config: DownloadConfig, shard: int, rows: pa.Table, progress: ProgressFeed | None) -> dict:
+def _download_rows(config: DownloadConfig, slot: ShardSlot, shard: int, rows: pa.Table,
+                   progress: ProgressFeed | None) -> dict:
     records = rows.to_pylist()
     with RowDownloader(config) as downloader:
         outcomes = downloader.map(record.get("url") for record in records)
@@ -152,7 +153,7 @@ def _download_rows(config: DownloadConfig, shard: int, rows: pa.Table, progress:
             _sample(config, shard, row_index, record, outcome)
             for row_index, (record, outcome) in enumerate(zip(records, outcomes))
         )
-        return _write_shard(config, shard, samples, progress, rows.schema)
+        return _write_shard(config, slot, samples, progress, rows.schema)
 
 
 def retry_shard(config: DownloadConfig, shard: int, progress: ProgressFeed | None = None) -> dict | None:
@@ -163,19 +164,19 @@ def retry_shard(config: DownloadConfig, shard: int, progress: ProgressFeed | Non
     The old stats file is removed first: a crash mid-rewrite leaves an incomplete shard that a plain
     re-run downloads again, never a tar that disagrees with its metadata.
     """
-    with shard_writer(config.output_dir, shard):
-        if not layout.stats_path(config.output_dir, shard).exists():
+    with shard_writer(config.root, _name(config, shard)) as slot:
+        if slot.committed_stats() is None:
             return None  # another writer is redoing it (its stats are gone): nothing left to retry here
-        table = pq.read_table(layout.parquet_path(config.output_dir, shard))
+        table = read_parquet(layout.parquet_path(config.root, slot.shard))
         retried = pc.indices_nonzero(transient_failures(table)).to_pylist()
         previous = table.to_pylist()
         if not retried:
             return None
-        layout.stats_path(config.output_dir, shard).unlink()
+        slot.uncommit()
         with RowDownloader(config) as downloader:
             new_outcomes = downloader.map(previous[index]["url"] for index in retried)
             samples = _merge_retries(config, shard, previous, set(retried), new_outcomes)
-            return _write_shard(config, shard, samples, progress, table.schema,
+            return _write_shard(config, slot, samples, progress, table.schema,
                                 extra_stats={"retried": len(retried)})
 
 
@@ -188,7 +189,7 @@ def transient_failures(table: pa.Table) -> pa.ChunkedArray:
 def _merge_retries(
     config: DownloadConfig, shard: int, previous: list[dict], retried: set[int], new_outcomes: Iterator[RowOutcome]
 ) -> Iterator[tuple[dict, dict | None]]:
-    stored = iter_samples(layout.tar_path(config.output_dir, shard))
+    stored = iter_samples(layout.tar_path(config.root, _name(config, shard)))
     for row_index, record in enumerate(previous):
         record = {name: value for name, value in record.items() if name not in SPAN_FIELDS}
         if row_index in retried:
@@ -196,7 +197,7 @@ def _merge_retries(
         elif record["status"] == SUCCESS:
             key, members = next(stored)
             if key != record["key"]:
-                raise ValueError(f"shard {layout.shard_name(shard)}: tar holds {key} "
+                raise ValueError(f"shard {_name(config, shard)}: tar holds {key} "
                                  f"where the metadata has {record['key']}")
             yield record, members
         else:
@@ -206,7 +207,7 @@ def _merge_retries(
 def _sample(config: DownloadConfig, shard: int, row_index: int, record: dict, outcome: RowOutcome):
     """The metadata row and tar members of one input row."""
     row = {
-        "key": layout.sample_key(shard, row_index, config.shard_size),
+        "key": layout.sample_key(shard, row_index, config.shard_size, config.shard_digits or layout.SHARD_DIGITS),
         "uid": layout.sample_uid(record.get("url"), record.get("caption")),
         **{name: value for name, value in record.items() if name not in _CLEARED_FIELDS},
         **_EMPTY_OUTCOME,
@@ -223,14 +224,14 @@ def _sample(config: DownloadConfig, shard: int, row_index: int, record: dict, ou
 
 def _write_shard(
     config: DownloadConfig,
-    shard: int,
+    slot: ShardSlot,
     samples: Iterable[tuple[dict, dict | None]],
     progress: ProgressFeed | None,
     extra_fields: pa.Schema,
     extra_stats: dict | None = None,
 ) -> dict:
     counts = {"samples": 0, "successes": 0}
-    with ShardOutput(config.output_dir, shard, extra_fields=extra_fields) as output:
+    with ShardOutput(slot, extra_fields=extra_fields) as output:
         for row, members in samples:
             output.add(row, members)
             _count(counts, Outcome.of_row(row))
@@ -242,6 +243,10 @@ def _write_shard(
     if progress is not None:
         progress(dict(counts), force=True)
     return stats
+
+
+def _name(config: DownloadConfig, shard: int) -> str:
+    return layout.shard_name(shard, config.shard_digits or layout.SHARD_DIGITS)
 
 
 def _count(counts: dict[str, int], outcome: Outcome) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from mmdata import layout
-from mmdata.layout import TEMP_SUFFIX
+from mmdata.storage.location import TEMP_SUFFIX
 
 
 def write_input(rows: list[dict], folder: Path, input_format: str) -> Path:

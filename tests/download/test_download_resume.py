@@ -16,7 +16,7 @@ from session_kill import kill_session
 
 import mmdata
 from mmdata import layout
-from mmdata.layout import TEMP_SUFFIX
+from mmdata.storage.location import TEMP_SUFFIX
 
 OPTIONS = dict(allow_network=["127.0.0.1/32"], timeout=2.0, retries=0, image_size=32, workers=2, threads=4)
 

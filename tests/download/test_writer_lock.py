@@ -17,7 +17,7 @@ from mmdata import layout
 from mmdata.download.config import DownloadConfig
 from mmdata.download.worker import download_shard
 from mmdata.shards import iter_samples
-from mmdata.writer_lock import _locked, remove_unheld_temporaries
+from mmdata.storage.locks import _locked, remove_unheld_temporaries
 
 OPTIONS = dict(allow_network=["127.0.0.1/32"], timeout=5.0, retries=0, image_size=32, threads=4)
 
@@ -25,9 +25,9 @@ OPTIONS = dict(allow_network=["127.0.0.1/32"], timeout=5.0, retries=0, image_siz
 _HOLDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from mmdata.writer_lock import shard_writer
+    from mmdata.storage.locks import hold_shard
     root, shard = sys.argv[1], int(sys.argv[2])
-    with shard_writer(root, shard):
+    with hold_shard(Path(root), f"{shard:05d}"):
         Path(root, f".{shard:05d}.tar.deadbeef0000.tmp").write_bytes(b"half a tar")
         print("holding", flush=True)
         sys.stdin.read()
@@ -65,7 +65,7 @@ def test_rerun_waits_for_a_live_writer_and_keeps_its_shard(http_server, tmp_path
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and first.poll() is None:  # until the first writer holds the lock
-        with _locked(tmp_path / "out", 0, blocking=False) as free:
+        with _locked(tmp_path / "out", "00000", blocking=False) as free:
             if not free:
                 break
     second = download_shard(config, 0, rows)

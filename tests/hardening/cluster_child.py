@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 import mmdata
 from mmdata import layout
-from mmdata.layout import TEMP_SUFFIX
+from mmdata.storage.location import TEMP_SUFFIX
 
 NODE_OPTIONS = dict(include_dashboard=False)
 

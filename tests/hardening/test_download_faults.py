@@ -22,7 +22,7 @@ from session_kill import kill_session
 
 import mmdata
 from mmdata import layout
-from mmdata.layout import TEMP_SUFFIX
+from mmdata.storage.location import TEMP_SUFFIX
 from mmdata.shards import iter_samples
 
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"

@@ -1,10 +1,12 @@
-"""One writer per shard at a time, across processes and machines sharing the folder.
+"""One writer per shard at a time in a local (or NFS) folder, across processes and machines sharing it.
 
 A shard's writer holds an exclusive ``flock`` on ``DIR/.locks/<shard>.lock`` while it writes. The
 kernel (or the NFS server) drops the lock when the holder exits however it exits, so a worker left
 running by a killed job delays the re-run of its shard instead of racing it, and two runs of the
-same command on one folder share the work instead of corrupting it. Lock files are never deleted:
-unlinking a held lock file would let a second writer lock a new file of the same name.
+same command on one folder share the work instead of corrupting it. Lock files are deleted only when
+the whole dataset is complete (:func:`mmdata.storage.commit.finish_dataset`): by then every writer
+that got past its shard's completeness check has released the lock, because the completing run had
+to take each lock itself.
 """
 
 from __future__ import annotations
@@ -15,19 +17,32 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from mmdata import layout
-from mmdata.atomic import temporaries
+from mmdata.storage.location import TEMP_SUFFIX
 
 LOCK_FOLDER = ".locks"
 
 
 @contextlib.contextmanager
-def shard_writer(root: str | os.PathLike, shard: int | str) -> Iterator[None]:
+def hold_shard(root: Path, shard: str) -> Iterator[None]:
     """Hold the shard's writer lock, waiting for a current holder to finish or die; then remove the
     temporaries an earlier holder left, so the caller starts clean."""
     with _locked(root, shard, blocking=True):
-        remove_shard_temporaries(root, shard)
+        _unlink([path for path in temporaries(root) if _shard_of(path.name) == shard])
         yield
+
+
+def temporaries(folder: str | os.PathLike) -> list[Path]:
+    """The temporaries (hidden ``.<name>.<id>.tmp`` files) directly in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [path for path in folder.iterdir()
+            if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()]
+
+
+def remove_temporaries(folder: str | os.PathLike) -> int:
+    """Delete every temporary in ``folder`` (one writer owns it, as a score stage owns its model's folder)."""
+    return _unlink(temporaries(folder))
 
 
 def remove_unheld_temporaries(root: str | os.PathLike) -> int:
@@ -38,15 +53,10 @@ def remove_unheld_temporaries(root: str | os.PathLike) -> int:
         by_shard.setdefault(_shard_of(path.name), []).append(path)
     removed = 0
     for shard, paths in by_shard.items():
-        with (_locked(root, shard, blocking=False) if shard else contextlib.nullcontext(True)) as free:
+        with (_locked(Path(root), shard, blocking=False) if shard else contextlib.nullcontext(True)) as free:
             if free:
                 removed += _unlink(paths)
     return removed
-
-
-def remove_shard_temporaries(root: str | os.PathLike, shard: int | str) -> int:
-    name = _name(shard)
-    return _unlink([path for path in temporaries(root) if _shard_of(path.name) == name])
 
 
 def _unlink(paths: list[Path]) -> int:
@@ -55,16 +65,11 @@ def _unlink(paths: list[Path]) -> int:
     return len(paths)
 
 
-def _name(shard: int | str) -> str:
-    return layout.shard_name(shard) if isinstance(shard, int) else shard
-
-
 @contextlib.contextmanager
-def _locked(root: str | os.PathLike, shard: int | str, *, blocking: bool) -> Iterator[bool]:
-    name = _name(shard)
+def _locked(root: Path, shard: str, *, blocking: bool) -> Iterator[bool]:
     folder = Path(root) / LOCK_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(folder / f"{shard}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -80,4 +85,4 @@ def _shard_of(temporary_name: str) -> str:
     """``.00012.tar.<id>.tmp`` and ``.00012_stats.json.<id>.tmp`` -> ``00012``; '' for other files."""
     stem = temporary_name[1:]
     digits = len(stem) - len(stem.lstrip("0123456789"))
-    return stem[:digits] if digits >= layout.SHARD_DIGITS and stem[digits:digits + 1] in (".", "_") else ""
+    return stem[:digits] if digits and stem[digits:digits + 1] in (".", "_") else ""
