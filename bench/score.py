@@ -136,10 +136,10 @@ def _write_shard(root: str, shard: int, count: int, shard_size: int) -> None:
     from PIL import Image
 
     from mmdata import layout
-    from mmdata.shard_output import ShardOutput
+    from mmdata.shard_output import shard_output
 
     rng = np.random.default_rng(shard)
-    with ShardOutput(root, shard) as output:
+    with shard_output(root, shard) as output:
         for row in range(count):
             # smooth colour fields plus noise: JPEGs of a realistic size (~15-30 KB at 256 px)
             base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.schemas.views import VIEW_SCHEMA
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 
 
 def synthetic_jpeg(rng: random.Random, size: int) -> bytes:
@@ -46,7 +46,7 @@ def build(root: Path, samples: int, shard_size: int, image_size: int, seed: int 
     rng = random.Random(seed)
     keys = []
     for shard in range(-(-samples // shard_size)):
-        with ShardOutput(root, shard) as output:
+        with shard_output(root, shard) as output:
             rows = min(shard_size, samples - shard * shard_size)
             for row in range(rows):
                 key = layout.sample_key(shard, row, shard_size)

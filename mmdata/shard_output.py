@@ -8,16 +8,19 @@ written, so the two cannot disagree.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 import pyarrow as pa
 
+from mmdata import layout
 from mmdata.schemas import align_table
 from mmdata.schemas.samples import SAMPLE_SCHEMA, SPAN_FIELDS
 from mmdata.shards import ShardWriter
 from mmdata.stats import shard_stats
 from mmdata.storage import write_parquet_bytes
-from mmdata.storage.commit import ShardSlot
+from mmdata.storage.commit import ShardSlot, shard_writer
 
 
 class ShardOutput:
@@ -82,3 +85,13 @@ class ShardOutput:
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is not None:
             self.abort()
+
+
+@contextlib.contextmanager
+def shard_output(root: layout.Root, shard: int | str, *, digits: int = layout.SHARD_DIGITS,
+                 extra_fields: pa.Schema | None = None) -> Iterator[ShardOutput]:
+    """A :class:`ShardOutput` for shard ``shard`` of ``root`` (a folder, URL or Location), in the slot
+    its writer holds for the whole write: how every stage that writes shards opens one."""
+    name = shard if isinstance(shard, str) else layout.shard_name(shard, digits)
+    with shard_writer(layout.dataset(root), name) as slot, ShardOutput(slot, extra_fields=extra_fields) as output:
+        yield output

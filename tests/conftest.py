@@ -33,3 +33,45 @@ def old_webdataset_path():
             check=True,
         )
     return target
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 behind a fault proxy (tests/s3_server.py), for the whole session.
+
+    The AWS_* variables point every client at it from here on: this process, and the processes it
+    starts later (subprocesses, Ray nodes started after this, and the processes executor's workers:
+    a forkserver already running is stopped so that the next pool's workers see the variables).
+    A Ray started before this fixture does not see them."""
+    import multiprocessing.forkserver
+
+    from s3_server import MotoServer
+
+    store = MotoServer().start()
+    saved = {name: os.environ.get(name) for name in store.env()}
+    os.environ.update(store.env())
+    multiprocessing.forkserver._forkserver._stop()  # restarted on first use, with this environment
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+    except ImportError:
+        pass
+    yield store
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    multiprocessing.forkserver._forkserver._stop()
+    store.close()
+
+
+@pytest.fixture
+def s3_bucket(s3):
+    """A fresh, empty bucket for one test, as ``s3://<bucket>``; the store is up and fault-free."""
+    import uuid
+
+    s3.proxy.reset()
+    yield s3.make_bucket(f"test-{uuid.uuid4().hex[:16]}")
+    s3.proxy.reset()  # a test that failed with the store stopped leaves it up for the next

@@ -29,7 +29,7 @@ from mmdata.schemas.samples import (
     SUCCESS,
     Outcome,
 )
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 from mmdata.shards import SampleSpan, ShardFormatError, iter_samples, read_sample
 from mmdata.stats import Stats, load_shard_stats, total_stats
 
@@ -54,7 +54,7 @@ def test_align_fills_orders_and_refuses():
 
 
 def test_shard_output_commits_tar_parquet_stats(tmp_path):
-    with ShardOutput(tmp_path, 0) as shard:
+    with shard_output(tmp_path, 0) as shard:
         shard.add({"key": "0000000", "uid": "a", "status": "success"}, {"jpg": b"\xff\xd8x", "txt": b"cat"})
         shard.add({"key": "0000001", "uid": "b", "status": "failed_to_download", "error_message": "404"})
         shard.add({"key": "0000002", "uid": "c", "status": "success"}, {"jpg": b"y" * 700, "txt": "dög".encode()})
@@ -78,7 +78,7 @@ def test_shard_output_commits_tar_parquet_stats(tmp_path):
 
 def test_shard_output_refuses_extra_stats_that_disagree_with_the_rows(tmp_path):
     with pytest.raises(ValueError, match="successes"):
-        with ShardOutput(tmp_path, 0) as shard:
+        with shard_output(tmp_path, 0) as shard:
             shard.add({"key": "0", "uid": "a", "status": "failed_to_download", "error_message": "404"})
             shard.commit({"successes": 1})
     assert layout.complete_shards(tmp_path) == []
@@ -86,7 +86,7 @@ def test_shard_output_refuses_extra_stats_that_disagree_with_the_rows(tmp_path):
 
 def test_failed_shard_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        with ShardOutput(tmp_path, 1) as shard:
+        with shard_output(tmp_path, 1) as shard:
             shard.add({"key": "1", "uid": "a", "status": "success"}, {"jpg": b"x"})
             raise RuntimeError("worker died")
     assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ from mmdata.schemas.members import IMAGE_EXTENSIONS, image_member
 from mmdata.schemas.samples import SUCCESS
 from mmdata.score.model import load_clip, tiny_model_config, write_model_config
 from mmdata.score.pipeline import ShardScorer, score_tar
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 from mmdata.shards import iter_samples
 
 PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP",
@@ -41,7 +41,7 @@ def dataset(tmp_path_factory):
     """One shard with one sample per image extension; returns (root, {key: (extension, size)})."""
     root = tmp_path_factory.mktemp("record")
     stored = {}
-    with ShardOutput(root, 0) as output:
+    with shard_output(root, 0) as output:
         for index, extension in enumerate(EXTENSIONS):
             key = layout.sample_key(0, index, len(EXTENSIONS))
             data, size = picture(extension, index)

@@ -12,14 +12,14 @@ from mmdata.cli import main as cli_main
 from mmdata.schemas.annotations import CONTAMINATION_SCHEMA, DEDUP_SCHEMA
 from mmdata.schemas.scores import score_schema
 from mmdata.score import store
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 
 
 def _dataset(root, shards=2, per_shard=3) -> list[str]:
     """Shards of per_shard stored samples plus one failed row each; returns every key in order."""
     keys = []
     for shard in range(shards):
-        with ShardOutput(root, shard) as output:
+        with shard_output(root, shard) as output:
             for row in range(per_shard + 1):
                 key = layout.sample_key(shard, row, 10)
                 keys.append(key)

@@ -13,7 +13,7 @@ from PIL import Image
 import mmdata
 from mmdata import layout
 from mmdata.score.model import tiny_model_config, write_model_config
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 from mmdata.training import TrainConfig, seed_everything, train_clip
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 210), "yellow": (230, 210, 30)}
@@ -22,7 +22,7 @@ MODEL_NAME = "mmdata-test-training-clip"
 
 def make_dataset(root, samples: int):
     """One shard of ``samples`` 24 px squares captioned by their colour."""
-    with ShardOutput(root, 0) as output:
+    with shard_output(root, 0) as output:
         for row in range(samples):
             name, colour = list(COLOURS.items())[row % len(COLOURS)]
             buffer = io.BytesIO()

@@ -7,7 +7,7 @@ import json
 import sys
 
 from mmdata.cli._defaults import defaults_from
-from mmdata.cli._flags import add_execution_flags, execution_options, given
+from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 from mmdata.score.model import DEVICES, PRECISIONS
 
 _OPTIONS = ("pretrained", "batch_size", "device", "precision", "actors", "gpus_per_actor", "cpus_per_actor",
@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Re-running skips the shards already scored.",
         formatter_class=defaults_from("mmdata.score.config:ScoreConfig"),
     )
-    parser.add_argument("dataset", metavar="DIR", help="dataset folder written by mmdata download or img2dataset")
+    parser.add_argument("dataset", metavar="DIR",
+                        help="dataset folder or URL (s3://bucket/ds) written by mmdata download or img2dataset")
     parser.add_argument("--model", required=True, help="open_clip model name (ViT-B-32) or a model-config JSON path")
     parser.add_argument(
         "--pretrained",
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--default", action="store_true", default=None,
                         help="make this model the one read_table shows as clip_score")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_storage_flag(parser)
     add_execution_flags(parser)
     parser.set_defaults(handler=run)
 
@@ -56,7 +58,8 @@ def run(arguments: argparse.Namespace) -> int:
     options = given(arguments, _OPTIONS)
     if arguments.quiet:
         options["show_progress"] = False
-    summary = score(dataset=arguments.dataset, model=arguments.model, **options, **execution_options(arguments))
+    summary = score(dataset=arguments.dataset, model=arguments.model, **options, **storage_options(arguments),
+                    **execution_options(arguments))
     counts = summary["counts"]
     print(
         f"{summary['model_id']}: {summary['shards'] - summary['shards_skipped']} shard(s) scored, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from mmdata.score.config import ScoreConfig
 from mmdata.score.model import ModelSpec
 from mmdata.score.pipeline import ShardOutcome, ShardScorer, score_tar
+from mmdata.storage import Location
 
 
 class ScoreActor:
@@ -48,7 +49,7 @@ class ScoreActor:
             "decode_workers": self.scorer.decode_workers,
         }
 
-    def score(self, shard: str, tar_path: str, output_path: str, reporter=None) -> ShardOutcome:
+    def score(self, shard: str, tar_path: Location, output_path: Location, reporter=None) -> ShardOutcome:
         """Score one shard; ``reporter`` (the executor's progress feed) gets live counts."""
         self.setup()
         outcome = score_tar(self.scorer, shard, tar_path, output_path, reporter)

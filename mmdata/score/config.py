@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mmdata.layout import local_path
+from mmdata import layout
 from mmdata.score.model import DEVICES, PRECISIONS
+from mmdata.storage import Location
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
-    """``mmdata score DIR --model M --pretrained P``: which dataset, which model, how to run it."""
+    """``mmdata score DIR --model M --pretrained P``: which dataset, which model, how to run it.
+
+    ``dataset`` is a folder or an fsspec URL (``s3://bucket/ds``); ``storage_options`` go to its
+    filesystem (the config travels to the actors with them). ``model`` and ``pretrained`` are local."""
 
     dataset: str
     model: str
@@ -29,10 +33,12 @@ class ScoreConfig:
     no_embeddings: bool = False
     default: bool = False  # make this model the one read_table shows as clip_score
     show_progress: bool = True
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.dataset or not local_path(self.dataset).is_dir():
+        if not self.dataset or not self.root.is_dir():
             raise ValueError(f"dataset folder {self.dataset!r} does not exist (pass the folder a download wrote)")
+        object.__setattr__(self, "dataset", self.root.url)
         if not self.model:
             raise ValueError("model is required: an open_clip name such as ViT-B-32 or a model-config JSON path")
         if self.batch_size < 1:
@@ -52,5 +58,13 @@ class ScoreConfig:
         if self.prefetch_batches < 1:
             raise ValueError(f"prefetch_batches must be at least 1, not {self.prefetch_batches}")
 
+    @property
+    def root(self) -> Location:
+        """The dataset folder, on its filesystem."""
+        return layout.dataset(self.dataset, self.storage_options)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as plain values (storage options left out: they may hold secrets)."""
+        options = dataclasses.asdict(self)
+        options.pop("storage_options")
+        return options

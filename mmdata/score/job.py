@@ -8,11 +8,9 @@ schema metadata and, when the dataset has one, ``manifest.json``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from mmdata import layout
 from mmdata.atomic import remove_temporaries, write_json
@@ -23,6 +21,7 @@ from mmdata.score import store
 from mmdata.score.config import ScoreConfig
 from mmdata.score.model import ModelSpec, resolve_model
 from mmdata.stats import Stats
+from mmdata.storage import Location, read_parquet, read_parquet_schema
 
 # model.json is the provenance dict plus these fields about the runs that wrote the tables.
 _RUN_FIELDS = ("keep_embeddings", "precision", "device", "scored_at", "last_run")
@@ -39,13 +38,15 @@ def score(config: ScoreConfig | None = None, *, execution: Execution = None, **o
 
     Pass a :class:`ScoreConfig` or its options flat: ``score(dataset="data", model="ViT-B-32",
     pretrained="/ckpt/vit_b_32.safetensors", batch_size=128)``. ``execution`` (or the flat
-    ``executor``/``workers``/``ray_address``): where the actors run.
+    ``executor``/``workers``/``ray_address``): where the actors run. The dataset may be an fsspec URL
+    (``storage_options`` for its filesystem); every table is one whole-object write, so a table
+    present is a table complete, on a bucket as on a disk.
     """
     config, execution = stage_settings(ScoreConfig, "score", config, execution, options)
-    root = Path(config.dataset)
+    root = config.root
     spec = resolve_model(config.model, config.pretrained)
     output_dir = layout.model_dir(root, spec.model_id)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.make_dirs()
     remove_temporaries(output_dir)
     record = layout.read_model_record(root, spec.model_id)
     _check_same_model(record, spec, config)
@@ -53,7 +54,8 @@ def score(config: ScoreConfig | None = None, *, execution: Execution = None, **o
     shards = layout.complete_shards(root)
     if not shards:
         raise ValueError(f"{root} holds no complete shard (no NNNNN_stats.json): download into it first")
-    todo = [shard for shard in shards if not layout.score_path(root, spec.model_id, shard).exists()]
+    scored = set(output_dir.names(".parquet"))  # one listing, not a request per shard
+    todo = [shard for shard in shards if f"{shard}.parquet" not in scored]
     started = time.perf_counter()
     run = _Run(root, spec, config, record)
     if todo:
@@ -70,7 +72,7 @@ def score(config: ScoreConfig | None = None, *, execution: Execution = None, **o
                 (spec, config, int(plan.num_cpus)),
                 "score",
                 [
-                    (shard, str(layout.tar_path(root, shard)), str(layout.score_path(root, spec.model_id, shard)),
+                    (shard, layout.tar_path(root, shard), layout.score_path(root, spec.model_id, shard),
                      executor.reporter(shard))
                     for shard in todo
                 ],
@@ -94,7 +96,7 @@ def score(config: ScoreConfig | None = None, *, execution: Execution = None, **o
 class _Run:
     """Collects the actors' setup reports and shard outcomes, and keeps ``model.json`` current."""
 
-    def __init__(self, root: Path, spec: ModelSpec, config: ScoreConfig, record: dict | None):
+    def __init__(self, root: Location, spec: ModelSpec, config: ScoreConfig, record: dict | None):
         self.root, self.spec, self.config = root, spec, config
         self.record = record
         self.stats = Stats()
@@ -124,7 +126,7 @@ class _Run:
         scored_samples = counts.get("samples", 0)
         summary = {
             "model_id": self.spec.model_id,
-            "output_dir": str(layout.model_dir(self.root, self.spec.model_id)),
+            "output_dir": layout.model_dir(self.root, self.spec.model_id).url,
             "shards": shards,
             "shards_skipped": skipped,
             "counts": counts,
@@ -158,7 +160,7 @@ def _check_same_model(record: dict | None, spec: ModelSpec, config: ScoreConfig)
     different = [name for name in _IDENTITY_FIELDS if record.get(name) != current[name]]
     if spec.weights == "tag" and record.get("pretrained") != spec.pretrained:
         different.append("pretrained")
-    folder = layout.model_dir(config.dataset, spec.model_id)
+    folder = layout.model_dir(config.root, spec.model_id)
     if different:
         raise ValueError(
             f"{folder} holds scores of other weights ({', '.join(different)} differ); "
@@ -169,17 +171,16 @@ def _check_same_model(record: dict | None, spec: ModelSpec, config: ScoreConfig)
         raise ValueError(f"{folder} was scored {kept} embeddings; re-run with the same --no-embeddings setting")
 
 
-def _stored_samples(root: Path, shards: list[str]) -> int | None:
+def _stored_samples(root: Location, shards: list[str]) -> int | None:
     """How many samples the shards hold (rows with status success), for the progress bar."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     total = 0
     for shard in shards:
         path = layout.parquet_path(root, shard)
-        if "status" not in pq.read_schema(path).names:
+        if "status" not in read_parquet_schema(path).names:
             return None
-        total += pc.sum(pc.equal(pq.read_table(path, columns=["status"]).column("status"), SUCCESS)).as_py() or 0
+        total += pc.sum(pc.equal(read_parquet(path, columns=["status"]).column("status"), SUCCESS)).as_py() or 0
     return total
 
 
@@ -234,15 +235,16 @@ def _gpu_actors(config: ScoreConfig, cpus: float, gpus: float) -> tuple[int, flo
     return int(gpus) * per_gpu or 1, 1.0 / per_gpu
 
 
-def _update_manifest(root: Path, model_id: str, summary: dict) -> None:
+def _update_manifest(root: Location, model_id: str, summary: dict) -> None:
     """Mirror the model's record into ``manifest.json`` when the download wrote one.
 
     A missing manifest is not created: ``mmdata download`` reads its presence as "download finished".
     """
     path = layout.manifest_path(root)
-    if not path.is_file():
+    try:
+        manifest = path.read_json()
+    except FileNotFoundError:
         return
-    manifest = json.loads(path.read_text())
     scores = manifest.setdefault("scores", {})
     scores.setdefault("models", {})[model_id] = {
         "provenance": summary["provenance"],

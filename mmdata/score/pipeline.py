@@ -14,11 +14,11 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.schemas.members import caption_member, image_member
 from mmdata.schemas.scores import score_schema
@@ -147,8 +147,9 @@ class ShardScorer:
         provenance = dict(clip.provenance, precision=clip.precision)
         self.schema = score_schema(clip.embed_dim if keep_embeddings else None, provenance)
 
-    def score_shard(self, tar_path: str | Path, output_path: str | Path, on_progress=None) -> Stats:
-        """Score every sample stored in ``tar_path`` and write the table atomically to ``output_path``.
+    def score_shard(self, tar_path: layout.Root, output_path: layout.Root, on_progress=None) -> Stats:
+        """Score every sample stored in ``tar_path`` (streamed, from a disk or a bucket) and write the
+        table whole to ``output_path``.
 
         ``on_progress`` is called with the cumulative counts after each batch."""
         started = time.perf_counter()
@@ -266,7 +267,7 @@ class ShardOutcome:
 
 
 def score_tar(
-    scorer: ShardScorer, shard: str, tar_path: str | Path, output_path: str | Path, on_progress=None
+    scorer: ShardScorer, shard: str, tar_path: layout.Root, output_path: layout.Root, on_progress=None
 ) -> ShardOutcome:
     """Score one shard; a tar the safe reader refuses fails the shard (counted), not the job."""
     try:

@@ -3,15 +3,13 @@ reading them, is :mod:`mmdata.layout`, so readers of scores need not import the 
 
 from __future__ import annotations
 
-import os
-
 from mmdata import layout
 from mmdata.atomic import write_json
 
 
-def write_model_record(root: str | os.PathLike, model_id: str, record: dict) -> None:
+def write_model_record(root: layout.Root, model_id: str, record: dict) -> None:
     write_json(layout.model_record_path(root, model_id), record)
 
 
-def set_default_model(root: str | os.PathLike, model_id: str) -> None:
+def set_default_model(root: layout.Root, model_id: str) -> None:
     write_json(layout.default_marker_path(root), {"model_id": model_id})

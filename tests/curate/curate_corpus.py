@@ -214,7 +214,7 @@ def write_dataset(
     from mmdata import layout
     from mmdata.atomic import write_json, write_parquet
     from mmdata.schemas.scores import score_schema
-    from mmdata.shard_output import ShardOutput
+    from mmdata.shard_output import shard_output
 
     rows = []
     for position, item in enumerate(items):
@@ -224,7 +224,7 @@ def write_dataset(
     item_keys: list[str] = []
     for shard, start in enumerate(range(0, len(rows), shard_size)):
         score_rows = []
-        with ShardOutput(root, shard) as out:
+        with shard_output(root, shard) as out:
             for row, entry in enumerate(rows[start : start + shard_size]):
                 key = layout.sample_key(shard, row, shard_size)
                 url = f"http://example.test/{shard}/{row}.jpg"

@@ -18,7 +18,7 @@ from mmdata import layout
 from mmdata.curate.hashes import NearHashes, hash_rows
 from mmdata.curate.thumbnails import content_box, verified
 from mmdata.download.image import ImageOptions, process_image
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 from mmdata.synthetic import Scene, SyntheticConfig, draw_scene, encode, generate_corpus, near_duplicate
 
 CONFIG = SyntheticConfig(samples=600, seed=11)  # the demo's image sizes (200-800 px); 36 near duplicates
@@ -34,7 +34,7 @@ def demo_dataset(tmp_path_factory):
     stored = [row for row in truth if (corpus / "files" / row["path"].lstrip("/")).is_file()]
     truth_of_key = {}
     for shard, start in enumerate(range(0, len(stored), SHARD_SIZE)):
-        with ShardOutput(root, shard) as out:
+        with shard_output(root, shard) as out:
             for position, row in enumerate(stored[start : start + SHARD_SIZE]):
                 key = layout.sample_key(shard, position, SHARD_SIZE)
                 url = f"http://127.0.0.1/{row['path'].lstrip('/')}"

@@ -9,7 +9,7 @@ from PIL import Image
 from mmdata.cli import main as cli_main
 from mmdata.layout import sample_key, sample_uid
 from mmdata.pipeline import PipelineError, load_pipeline, parse_overrides, run_pipeline
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 
 PIPELINE = """
 vars:
@@ -28,15 +28,15 @@ def _write_dataset(root):
     """A two-sample dataset written directly (no download): one success with an image, one failure."""
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, "JPEG")
-    output = ShardOutput(root, 0)
-    url, caption = "http://127.0.0.1:1/a.jpg", "a red square"
-    key = sample_key(0, 0, 10)
-    output.add({"key": key, "uid": sample_uid(url, caption), "url": url, "caption": caption, "status": "success",
-                "width": 32, "height": 24, "original_width": 32, "original_height": 24},
-               {"jpg": buffer.getvalue(), "txt": caption.encode()})
-    output.add({"key": sample_key(0, 1, 10), "uid": sample_uid("ftp://x", "b"), "url": "ftp://x", "caption": "b",
-                "status": "invalid_url", "error_message": "scheme ftp", "error_class": "bad_scheme"})
-    output.commit({"count": 2, "successes": 1})
+    with shard_output(root, 0) as output:
+        url, caption = "http://127.0.0.1:1/a.jpg", "a red square"
+        key = sample_key(0, 0, 10)
+        output.add({"key": key, "uid": sample_uid(url, caption), "url": url, "caption": caption, "status": "success",
+                    "width": 32, "height": 24, "original_width": 32, "original_height": 24},
+                   {"jpg": buffer.getvalue(), "txt": caption.encode()})
+        output.add({"key": sample_key(0, 1, 10), "uid": sample_uid("ftp://x", "b"), "url": "ftp://x", "caption": "b",
+                    "status": "invalid_url", "error_message": "scheme ftp", "error_class": "bad_scheme"})
+        output.commit({"count": 2, "successes": 1})
 
 
 def test_substitution_keeps_types_and_overrides_win(tmp_path):

@@ -8,24 +8,25 @@ from PIL import Image
 
 from mmdata.layout import sample_key, sample_uid
 from mmdata.report.html import SECTIONS, write_report
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 
 
 def _downloaded_dataset(root, samples=12):
-    output = ShardOutput(root, 0)
-    for row in range(samples):
-        key = sample_key(0, row, 100)
-        url, caption = f"http://site{row % 3}.test/{row}.jpg", f"caption {row}"
-        base = {"key": key, "uid": sample_uid(url, caption), "url": url, "caption": caption}
-        if row % 4 == 3:
-            output.add({**base, "status": "failed_to_download", "error_message": "HTTP 404", "error_class": "http_404"})
-            continue
-        buffer = io.BytesIO()
-        Image.new("RGB", (40 + 8 * row, 30 + 4 * row), (20 * row, 120, 200)).save(buffer, "JPEG")
-        output.add({**base, "status": "success", "width": 64, "height": 64,
-                    "original_width": 40 + 8 * row, "original_height": 30 + 4 * row},
-                   {"jpg": buffer.getvalue(), "txt": caption.encode()})
-    output.commit({"count": samples})
+    with shard_output(root, 0) as output:
+        for row in range(samples):
+            key = sample_key(0, row, 100)
+            url, caption = f"http://site{row % 3}.test/{row}.jpg", f"caption {row}"
+            base = {"key": key, "uid": sample_uid(url, caption), "url": url, "caption": caption}
+            if row % 4 == 3:
+                output.add({**base, "status": "failed_to_download", "error_message": "HTTP 404",
+                            "error_class": "http_404"})
+                continue
+            buffer = io.BytesIO()
+            Image.new("RGB", (40 + 8 * row, 30 + 4 * row), (20 * row, 120, 200)).save(buffer, "JPEG")
+            output.add({**base, "status": "success", "width": 64, "height": 64,
+                        "original_width": 40 + 8 * row, "original_height": 30 + 4 * row},
+                       {"jpg": buffer.getvalue(), "txt": caption.encode()})
+        output.commit({"count": samples})
 
 
 def test_download_only_report_in_chromium(tmp_path):

@@ -22,8 +22,8 @@ from session_kill import kill_session
 
 import mmdata
 from mmdata import layout
-from mmdata.storage.location import TEMP_SUFFIX
 from mmdata.shards import iter_samples
+from mmdata.storage.location import TEMP_SUFFIX
 
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmdata import layout
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -31,7 +31,7 @@ SIZES = ((80, 64), (64, 96), (120, 120))  # wider, taller and square than the mo
 
 
 def build_dataset(
-    root: Path, *, shards: int = 2, per_shard: int = 6, broken: frozenset[str] = frozenset()
+    root: layout.Root, *, shards: int = 2, per_shard: int = 6, broken: frozenset[str] = frozenset()
 ) -> list[str]:
     """Write ``shards`` complete shards with ShardOutput; one failed row per shard (no members).
 
@@ -40,7 +40,7 @@ def build_dataset(
     stored = []
     names = list(COLOURS)
     for shard in range(shards):
-        with ShardOutput(root, shard) as output:
+        with shard_output(root, shard) as output:
             for row in range(per_shard + 1):
                 key = layout.sample_key(shard, row, per_shard + 1)
                 url = f"http://127.0.0.1/{key}.jpg"

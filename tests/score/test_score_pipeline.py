@@ -8,13 +8,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from score_data import build_dataset, image_bytes, reference_scores
+from score_data import build_dataset, image_bytes, reference_scores, shard_output
 
 from mmdata import layout
 from mmdata.schemas.scores import PROVENANCE_KEY
 from mmdata.score.model import load_clip
 from mmdata.score.pipeline import ShardScorer
-from mmdata.shard_output import ShardOutput
 from mmdata.shards import iter_samples
 
 TOLERANCE = 0.005
@@ -90,7 +89,7 @@ def test_failures_are_rows_with_reasons_and_counted(tiny_config, tiny_checkpoint
         ("004", {"jpg": image_bytes((200, 0, 0), (64, 64), seed=1)}),
         ("005", {"webp": image_bytes((0, 0, 200), (64, 80), seed=2, image_format="WEBP"), "txt": "blå".encode()}),
     ]
-    with ShardOutput(root, 0) as shard:
+    with shard_output(root, 0) as shard:
         for key, members in samples:
             shard.add({"key": key, "uid": key, "status": "success"}, members)
         shard.commit({"shard": "00000"})

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mmdata import layout
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 from mmdata.synthetic import COLOURS, SHAPES, Scene, draw_scene, encode
 
 TRAIN_STEPS = 300
@@ -84,7 +84,7 @@ def write_shapes_dataset(root: Path, *, shards: int = 2) -> dict[str, str]:
     per_shard = -(-len(all_scenes) // shards)
     captions = {}
     for shard in range(shards):
-        with ShardOutput(root, shard) as output:
+        with shard_output(root, shard) as output:
             chunk = all_scenes[shard * per_shard:(shard + 1) * per_shard]
             for row, scene in enumerate(chunk):
                 key = layout.sample_key(shard, row, per_shard)

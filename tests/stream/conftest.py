@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mmdata import layout
-from mmdata.shard_output import ShardOutput
+from mmdata.shard_output import shard_output
 
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 60, 210), (230, 210, 30)]
 
@@ -27,7 +27,7 @@ def make_dataset(
     shard_size = max(max(shard_sizes), 2)
     counter = 0
     for shard, rows in enumerate(shard_sizes):
-        with ShardOutput(root, shard) as output:
+        with shard_output(root, shard) as output:
             for row in range(rows):
                 key = layout.sample_key(shard, row, shard_size)
                 record = {"key": key, "uid": f"u{key}", "caption": f"caption {key}", "quality": float(counter % 7)}
