@@ -130,10 +130,17 @@ def finalize(root: Location, shard: str, record: dict) -> dict:
     if current is not None:
         stats_location.remove()  # an older generation: unreadable until the new one is complete
     published = {}
-    for name, source in sources.items():
-        target = root / name
-        source.copy_to(target)
-        published[name] = target.info()
+    try:
+        for name, source in sources.items():
+            target = root / name
+            source.copy_to(target)
+            published[name] = target.info()
+    except FileNotFoundError:
+        # Another writer finalised this claim meanwhile and removed its objects: its stats say so.
+        current = _read_json(stats_location)
+        if current is not None and current.get("attempt") == attempt:
+            return current
+        raise
     stats = {**record["stats"], "attempt": attempt, "generation": generation,
              "objects": {name: {"size": info["size"], "etag": info["etag"]} for name, info in published.items()}}
     stats_location.write_json(stats)

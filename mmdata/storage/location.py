@@ -35,6 +35,9 @@ TEMP_SUFFIX = ".tmp"
 _RETRY_ENV = "MMDATA_STORAGE_RETRY_SECONDS"
 _NOT_RETRIED = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 _T = TypeVar("_T")
+# Errors of the client's configuration (no credentials, a malformed request): no retry can change them.
+_CONFIGURATION_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "ParamValidationError", "NoRegionError",
+                         "InvalidConfigError", "ProfileNotFound")
 
 
 class StorageError(OSError):
@@ -55,7 +58,7 @@ def location(path: str | os.PathLike | "Location", storage_options: dict | None 
     try:
         import fsspec
 
-        filesystem, fs_path = fsspec.core.url_to_fs(text, **(storage_options or {}))
+        filesystem, fs_path = fsspec.core.url_to_fs(text, **_client_defaults(protocol, storage_options or {}))
     except ImportError as error:
         extra = {"s3": "mmdata[s3]", "s3a": "mmdata[s3]", "gs": "mmdata[gcs]", "gcs": "mmdata[gcs]"}.get(protocol)
         hint = f"pip install '{extra}'" if extra else "install the fsspec filesystem for it"
@@ -65,13 +68,35 @@ def location(path: str | os.PathLike | "Location", storage_options: dict | None 
     return Location(filesystem, fs_path.rstrip("/"))
 
 
+def _client_defaults(protocol: str, options: dict) -> dict:
+    """S3 clients retry little themselves (one retry, 10 s to connect): :func:`retrying` owns the
+    budget, so ``MMDATA_STORAGE_RETRY_SECONDS`` bounds how long a failing store is waited for."""
+    if protocol not in ("s3", "s3a") or "config_kwargs" in options:
+        return options
+    return {**options, "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 10}}
+
+
 class Location:
     """A path on one filesystem: ``filesystem`` is ``None`` for the local disk (plain ``os`` calls:
     fsync and rename), else an fsspec filesystem."""
 
     def __init__(self, filesystem, path: str):
-        self.fs = filesystem
+        self._fs, self._pid = filesystem, os.getpid()
         self.path = path
+
+    @property
+    def fs(self):
+        """The filesystem; in a forked child (a DataLoader worker) a fresh instance: the parent's event
+        loop and connections are not usable there."""
+        if self._fs is not None and self._pid != os.getpid():
+            self._fs, self._pid = type(self._fs)(**self._fs.storage_options), os.getpid()
+        return self._fs
+
+    def __getstate__(self) -> dict:
+        return {"fs": self._fs, "path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self._fs, self._pid, self.path = state["fs"], os.getpid(), state["path"]
 
     # --- naming -----------------------------------------------------------------------------------
     @property
@@ -109,7 +134,13 @@ class Location:
         return self.path
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Location) and (self.url, self.fs) == (other.url, other.fs)
+        """The same place: the same URL on a filesystem of the same kind and options."""
+        return isinstance(other, Location) and self._identity() == other._identity()
+
+    def _identity(self) -> tuple:
+        if self._fs is None:
+            return (self.path,)
+        return self.url, type(self._fs), json.dumps(self._fs.storage_options, sort_keys=True, default=str)
 
     def __hash__(self) -> int:
         return hash(self.url)
@@ -308,9 +339,15 @@ class Location:
         self._retry("delete", delete)
 
     def make_dirs(self) -> None:
-        """Create the folder locally (object stores need none)."""
+        """Create the folder locally; on an object store (which needs no folders) check that its bucket
+        exists, so a job writing to a mistyped bucket fails at once, naming it."""
         if self.fs is None:
             os.makedirs(self.path, exist_ok=True)
+            return
+        bucket = self.path.split("/", 1)[0]
+        if bucket and not self._retry("check", lambda: self._fresh().exists(bucket)):
+            raise FileNotFoundError(f"{self.fs.unstrip_protocol(bucket)} does not exist (create the bucket first); "
+                                    f"needed for {self.url}")
 
     # --- internals --------------------------------------------------------------------------------
     def _fresh(self):
@@ -338,6 +375,8 @@ def retrying(what: str, call: Callable[[], _T]) -> _T:
                 raise StorageError(f"{what} failed: {error} (the store kept failing; gave up after retries)") from error
         except Exception as error:  # botocore and aiohttp errors that s3fs does not translate
             if type(error).__module__.split(".")[0] not in ("botocore", "aiobotocore", "aiohttp", "google"):
+                raise
+            if type(error).__name__ in _CONFIGURATION_ERRORS:
                 raise
             if time.monotonic() + delay > deadline:
                 raise StorageError(f"{what} failed: {error} (the store kept failing; gave up after retries)") from error
