@@ -32,6 +32,7 @@ from mmdata.schemas.samples import (
 from mmdata.shard_output import shard_output
 from mmdata.shards import SampleSpan, ShardFormatError, iter_samples, read_sample
 from mmdata.stats import Stats, load_shard_stats, total_stats
+from mmdata.storage.commit import finish_dataset
 
 
 def test_keys_follow_img2dataset_digits():
@@ -60,7 +61,9 @@ def test_shard_output_commits_tar_parquet_stats(tmp_path):
         shard.add({"key": "0000002", "uid": "c", "status": "success"}, {"jpg": b"y" * 700, "txt": "dög".encode()})
         stats = shard.commit({"count": 3, "source": "test"})
     assert layout.complete_shards(tmp_path) == ["00000"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".locks"]
+    finish_dataset(layout.dataset(tmp_path))  # what a job does once every shard is in
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no lock or temporary left"
     table = pq.read_table(layout.parquet_path(tmp_path, 0))
     assert table.column("status").to_pylist() == ["success", "failed_to_download", "success"]
     samples = list(iter_samples(layout.tar_path(tmp_path, 0)))
@@ -89,6 +92,8 @@ def test_failed_shard_leaves_nothing(tmp_path):
         with shard_output(tmp_path, 1) as shard:
             shard.add({"key": "1", "uid": "a", "status": "success"}, {"jpg": b"x"})
             raise RuntimeError("worker died")
+    assert [p.name for p in tmp_path.iterdir()] == [".locks"]  # the writer lock only, no shard file
+    finish_dataset(layout.dataset(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 

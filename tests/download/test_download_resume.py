@@ -93,8 +93,8 @@ def test_rerun_redoes_only_incomplete_shards(http_server, ray_local, tmp_path):
     output = tmp_path / "out"
     mmdata.download(input=source, output_dir=output, shard_size=4, **OPTIONS)
     # A crash after shard 1's tar was renamed but before its stats: incomplete; plus a stray temporary.
-    layout.stats_path(output, 1).unlink()
-    layout.manifest_path(output).unlink()
+    layout.stats_path(output, 1).remove()
+    layout.manifest_path(output).remove()
     stray = output / f".00001.parquet.0123456789ab{TEMP_SUFFIX}"
     stray.write_bytes(b"partial")
     before = file_states(output)
@@ -115,7 +115,7 @@ def test_rerun_with_other_shard_size_is_refused(http_server, ray_local, tmp_path
     rows = [{"url": http_server.url(f"/img/size-{index}.jpg"), "caption": "c"} for index in range(4)]
     source = write_input(rows, tmp_path, "parquet")
     mmdata.download(input=source, output_dir=tmp_path / "out", shard_size=2, **OPTIONS)
-    layout.manifest_path(tmp_path / "out").unlink()
+    layout.manifest_path(tmp_path / "out").remove()
     with pytest.raises(ValueError, match="other settings"):
         mmdata.download(input=source, output_dir=tmp_path / "out", shard_size=3, **OPTIONS)
 
