@@ -109,7 +109,7 @@ def test_dedup_hashing_drops_pickle_members_without_unpickling(tmp_path):
             for path in (
                 layout.stats_path(root, shard), layout.tar_path(root, shard), layout.parquet_path(root, shard)
             ):
-                path.unlink()
+                path.remove()
     hashes = dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
     assert hashes.num_rows == 3 + 3 and not outside.exists()
 
@@ -125,7 +125,7 @@ def test_scoring_fails_hostile_shards_by_name_and_scores_the_rest(hostile, ray_l
     failed = " ".join(map(str, summary["failures"]))
     for kind in REFUSED_KINDS:
         assert layout.tar_path(root, HOSTILE_KINDS.index(kind) + 1).name in failed, kind
-    scored = {path.stem for path in layout.model_dir(root, summary["model_id"]).glob("*.parquet")}
+    scored = {name.removesuffix(".parquet") for name in layout.model_dir(root, summary["model_id"]).names(".parquet")}
     pickle_shard = layout.shard_name(HOSTILE_KINDS.index("pickle") + 1)
     assert scored == {"00000", pickle_shard}
     assert pq.read_table(layout.score_path(root, summary["model_id"], pickle_shard)).num_rows == 3
@@ -168,7 +168,7 @@ def test_parquet_extension_type_payloads_are_never_unpickled(tmp_path):
     poisoned = metadata.append_column(evil, pa.array([1, 2], pa.int64()))
     pq.write_table(poisoned, layout.parquet_path(root, 0))
     annotations = layout.annotations_dir(root)
-    annotations.mkdir(parents=True)
+    annotations.make_dirs()
     annotation = pa.table({"key": metadata.column("key"), "flag": pa.array([3, 4], pa.int64())})
     annotation = annotation.cast(pa.schema([pa.field("key", pa.string()), evil.with_name("flag")]))
     pq.write_table(annotation, annotations / "evil.parquet")
