@@ -39,19 +39,17 @@ ATTEMPTS_FOLDER = ".attempts"
 class ShardSlot:
     """The right to write one shard: :meth:`staging_path` for the tar being built, then :meth:`commit`."""
 
-    def __init__(self, root: Location, shard: str):
+    def __init__(self, root: Location, shard: str, committed: dict | None):
         self.root, self.shard = root, shard
+        self._committed = committed
 
     @property
     def stats_location(self) -> Location:
         return self.root / f"{self.shard}_stats.json"
 
     def committed_stats(self) -> dict | None:
-        """The shard's stats if it is committed (by anyone), else ``None``."""
-        try:
-            return self.stats_location.read_json()
-        except FileNotFoundError:
-            return None
+        """The shard's stats if it was committed (by anyone) when the slot was given, else ``None``."""
+        return self._committed
 
     def staging_path(self) -> str:
         raise NotImplementedError
@@ -81,13 +79,16 @@ class _LocalSlot(ShardSlot):
 
 
 class _ObjectSlot(ShardSlot):
-    def __init__(self, root: Location, shard: str, staging: str):
-        super().__init__(root, shard)
+    def __init__(self, root: Location, shard: str, committed: dict | None, claims: dict[int, str], staging: str):
+        super().__init__(root, shard, committed)
         self._staging = staging
         self.attempt = uuid.uuid4().hex[:12]
-        current = self.committed_stats()
-        # fixed when the attempt starts: a zombie that outlives a whole re-run still claims its old generation
-        self.generation = (current.get("generation", 0) + 1) if current else _next_generation(root, shard)
+        # Fixed when the attempt starts, so a zombie that outlives a whole re-run still claims its old
+        # generation; an uncommitted shard's writer claims past any claim left without its objects.
+        if committed:
+            self.generation = committed.get("generation", 0) + 1
+        else:
+            self.generation = max(claims) + 1 if claims else 0
 
     def staging_path(self) -> str:
         return self._staging
@@ -154,15 +155,17 @@ def shard_writer(root: Location, shard: str) -> Iterator[ShardSlot]:
     """The slot to write ``shard`` of the dataset at ``root``. Locally it holds the writer lock
     (waiting for a live holder) and starts clean; on an object store it finishes an earlier
     writer's claim that was never finalised, then gives a fresh attempt."""
+    stats_location = root / f"{shard}_stats.json"
     if root.is_local:
         root.make_dirs()
         with hold_shard(root.local_path(), shard):
-            yield _LocalSlot(root, shard)
+            yield _LocalSlot(root, shard, _read_json(stats_location))
         return
-    if not (root / f"{shard}_stats.json").exists():
-        _finish_orphan_claim(root, shard)
+    committed, claims = _read_json(stats_location), _claims(root, shard)  # two requests per shard, no more
+    if committed is None and claims:
+        committed = _finish_orphan_claim(root, shard, claims)
     with staging_file(".tar") as staging:
-        yield _ObjectSlot(root, shard, staging)
+        yield _ObjectSlot(root, shard, committed, claims, staging)
 
 
 def finish_dataset(root: Location) -> None:
@@ -181,21 +184,15 @@ def discard_unheld(root: Location) -> None:
         remove_unheld_temporaries(root.local_path())
 
 
-def _finish_orphan_claim(root: Location, shard: str) -> None:
-    """Finalise the newest claim of ``shard`` whose objects are all there (its writer died after claiming)."""
-    claims = _claims(root, shard)
-    if claims:
-        record = _read_json(root / ATTEMPTS_FOLDER / claims[max(claims)])
-        attempts = root / ATTEMPTS_FOLDER
-        if record is not None and all((attempts / f"{shard}.{record['attempt']}.{kind}").exists()
-                                      for kind in ("tar", "parquet")):
-            finalize(root, shard, record)
-
-
-def _next_generation(root: Location, shard: str) -> int:
-    """The generation an uncommitted shard's writer claims: past any claim left without its objects."""
-    claims = _claims(root, shard)
-    return max(claims) + 1 if claims else 0
+def _finish_orphan_claim(root: Location, shard: str, claims: dict[int, str]) -> dict | None:
+    """Finalise the newest claim of ``shard`` whose objects are all there (its writer died after
+    claiming); returns the stats it committed, or ``None``."""
+    attempts = root / ATTEMPTS_FOLDER
+    record = _read_json(attempts / claims[max(claims)])
+    if record is not None and all((attempts / f"{shard}.{record['attempt']}.{kind}").exists()
+                                  for kind in ("tar", "parquet")):
+        return finalize(root, shard, record)
+    return None
 
 
 def _claims(root: Location, shard: str) -> dict[int, str]:
