@@ -9,7 +9,6 @@ only the columns asked for.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -21,9 +20,9 @@ from mmdata.atomic import write_parquet
 from mmdata.schemas import align_table
 from mmdata.schemas.samples import SAMPLE_SCHEMA
 from mmdata.storage import Location, location, read_parquet, read_parquet_schema
+from mmdata.storage.reads import each
 
 EMBEDDING_KINDS = ("image", "text")
-_REMOTE_READS = 16  # files of an object store read at once
 
 
 def read_table(root: layout.Root, columns: Sequence[str] | None = None, *,
@@ -48,7 +47,7 @@ def read_table(root: layout.Root, columns: Sequence[str] | None = None, *,
     annotations = layout.annotations_dir(root)
     annotation_files = [annotations / name for name in annotations.names(".parquet")]
     annotation_columns = {}
-    for path, schema in zip(annotation_files, _each(read_parquet_schema, annotation_files, root)):
+    for path, schema in zip(annotation_files, each(read_parquet_schema, annotation_files, root)):
         for name in schema.names:
             if name != "key" and name not in metadata.column_names and name not in annotation_columns:
                 annotation_columns[name] = path
@@ -116,7 +115,7 @@ def _read_metadata(root: Location, shards: list[str], wanted: list[str] | None) 
     if wanted is not None:
         kept = [field for field in SAMPLE_SCHEMA if field.name == "key" or field.name in wanted]
         schema = pa.schema(kept, metadata=SAMPLE_SCHEMA.metadata)
-    tables = _each(lambda shard: _shard_metadata(root, shard, schema, wanted), shards, root)
+    tables = each(lambda shard: _shard_metadata(root, shard, schema, wanted), shards, root)
     if not tables:
         empty = schema.empty_table()
         return empty.append_column(pa.field("shard", pa.string(), nullable=False), pa.array([], pa.string()))
@@ -142,14 +141,6 @@ def _shard_metadata(root: Location, shard: str, schema: pa.Schema, wanted: list[
     return table.append_column(pa.field("shard", pa.string(), nullable=False), shard_column)
 
 
-def _each(read, items: list, root: Location) -> list:
-    """``read`` of every item, in order: concurrently when ``root`` is on an object store."""
-    if len(items) < 2 or root.is_local:
-        return [read(item) for item in items]
-    with ThreadPoolExecutor(_REMOTE_READS) as pool:
-        return list(pool.map(read, items))
-
-
 def _column(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
@@ -159,7 +150,7 @@ def _read_score_files(root: Location, model_id: str, shards: list[str], columns:
     folder = layout.model_dir(root, model_id)
     present = set(folder.names(".parquet"))
     paths = [layout.score_path(root, model_id, shard) for shard in shards if f"{shard}.parquet" in present]
-    return _each(lambda path: read_parquet(path, columns=columns), paths, root)
+    return each(lambda path: read_parquet(path, columns=columns), paths, root)
 
 
 def _read_scores(root: Location, model_id: str, shards: list[str]) -> pa.Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmdata.cli._defaults import defaults_from
-from mmdata.cli._flags import add_execution_flags, execution_options, given
+from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 from mmdata.score.model import DEVICES
 
 _OPTIONS = ("hamming", "colour_tolerance", "eps", "embedding", "model", "pretrained", "device")
@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "EVAL, a folder of images or another mmdata dataset.",
         formatter_class=defaults_from("mmdata.curate.decontaminate:DecontaminateConfig"),
     )
-    parser.add_argument("dataset", help="dataset folder")
-    parser.add_argument("--against", required=True, help="folder of evaluation images, or an mmdata dataset")
+    parser.add_argument("dataset", help="dataset folder or URL (s3://bucket/ds)")
+    parser.add_argument("--against", required=True,
+                        help="folder of evaluation images, or an mmdata dataset (either may be a URL)")
     parser.add_argument("--hamming", type=int,
                         help="near tier: largest Hamming distance of 64 bits (default %(library_default)s)")
     parser.add_argument("--colour-tolerance", type=float,
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=DEVICES,
                         help="where to encode the evaluation images (default %(library_default)s)")
     add_execution_flags(parser)
+    add_storage_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -44,7 +46,7 @@ def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.decontaminate import decontaminate
 
     result = decontaminate(arguments.dataset, against=arguments.against, **given(arguments, _OPTIONS),
-                           **execution_options(arguments))
+                           **execution_options(arguments), **storage_options(arguments))
     for name, value in result.counts.items():
         print(f"{name:<24}{value:>12,}")
     print(f"written to {result.path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmdata.cli._defaults import defaults_from
-from mmdata.cli._flags import add_execution_flags, execution_options, given
+from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 
 TIERS = ("exact", "near", "semantic")
 _OPTIONS = ("hamming", "colour_tolerance", "thumbnail_tolerance", "eps", "clusters", "model")
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "duplicate_of (the kept sample), dup_reason and dup_similarity. With no tier flag, only --exact runs.",
         formatter_class=defaults_from("mmdata.curate.dedup:DedupConfig"),
     )
-    parser.add_argument("dataset", help="dataset folder")
+    parser.add_argument("dataset", help="dataset folder or URL (s3://bucket/ds)")
     parser.add_argument("--exact", action="store_true", default=None, help="identical image bytes or decoded pixels")
     parser.add_argument("--near", action="store_true", default=None,
                         help="perceptual hash within --hamming bits (re-encodes, resizes, crops)")
@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model",
                         help="score model id whose embeddings and clip_score to use (default: the default model)")
     add_execution_flags(parser)
+    add_storage_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -54,7 +55,7 @@ def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.dedup import dedup
 
     result = dedup(arguments.dataset, **_tier_options(arguments), **given(arguments, _OPTIONS),
-                   **execution_options(arguments))
+                   **execution_options(arguments), **storage_options(arguments))
     for name, value in result.counts.items():
         label = f"duplicates ({name})" if name in TIERS else name
         print(f"{label:<24}{value:>12,}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmdata.cli._flags import given
+from mmdata.cli._flags import add_storage_flag, given, storage_options
 
 _VALUE_FLAGS = (
     ("--min-clip-score", "min_clip_score", float, "keep samples whose clip_score is at least this"),
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write DIR/views/NAME.parquet: the successful samples that pass every rule, with the rules "
         "and a per-rule funnel in its metadata. Materialise it with `mmdata reshard` or stream it directly.",
     )
-    parser.add_argument("dataset", help="dataset folder")
+    parser.add_argument("dataset", help="dataset folder or URL (s3://bucket/ds)")
     parser.add_argument("--view", required=True, help="name of the view to write")
     for flag, name, value_type, text in _VALUE_FLAGS:
         parser.add_argument(flag, dest=name, type=value_type, help=text)
@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="drop samples that `mmdata dedup` marked")
     parser.add_argument("--exclude-contaminated", action="store_true", default=None,
                         help="drop samples that `mmdata decontaminate` marked")
+    add_storage_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -44,7 +45,7 @@ def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.view import filter_view, format_funnel, view_funnel, view_path
 
     options = given(arguments, (*(name for _, name, _, _ in _VALUE_FLAGS), "drop_duplicates", "exclude_contaminated"))
-    view = filter_view(arguments.dataset, view=arguments.view, **options)
+    view = filter_view(arguments.dataset, view=arguments.view, **options, **storage_options(arguments))
     print(format_funnel(view_funnel(view)))
     print(f"view written to {view_path(arguments.dataset, arguments.view)}")
     return 0

@@ -10,7 +10,6 @@ model).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from mmdata.options import stage_settings
 from mmdata.schemas.annotations import CONTAMINATION_SCHEMA
 from mmdata.schemas.members import IMAGE_EXTENSIONS, image_member
 from mmdata.shards import iter_samples
+from mmdata.storage import Location, location
+from mmdata.storage.location import read_all
 
 CONTAMINATION_METADATA_KEY = b"mmdata.contamination"
 
@@ -37,19 +38,20 @@ class EvalImages:
 
     names: list[str]
     images: list[bytes]
-    dataset: Path | None = None  # set when EVAL is an mmdata dataset
+    dataset: Location | None = None  # set when EVAL is an mmdata dataset
 
 
 @dataclass
 class ContaminationResult:
     table: pa.Table  # CONTAMINATION_SCHEMA, one row per stored sample
     counts: dict[str, int] = field(default_factory=dict)
-    path: Path | None = None
+    path: Location | None = None
 
 
-def load_eval_images(against: str | os.PathLike) -> EvalImages:
-    """Images of an mmdata dataset (its complete shards) or of a folder (recursively, by extension)."""
-    against = Path(against)
+def load_eval_images(against: layout.Root, storage_options: dict | None = None) -> EvalImages:
+    """Images of an mmdata dataset (its complete shards) or of a folder (recursively, by extension);
+    either may be a URL."""
+    against = location(against, storage_options)
     if not against.is_dir():
         raise FileNotFoundError(f"--against {against} is not a folder of images nor an mmdata dataset")
     shards = layout.complete_shards(against)
@@ -62,14 +64,28 @@ def load_eval_images(against: str | os.PathLike) -> EvalImages:
                     names.append(key)
                     images.append(blob)
         return EvalImages(names, images, dataset=against)
-    for path in sorted(
-        p for p in against.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
-    ):
-        names.append(str(path.relative_to(against)))
-        images.append(path.read_bytes())
+    names = sorted(_image_names(against), key=lambda name: name.split("/"))
+    images = read_all([_under(against, name) for name in names])
     if not names:
         raise ValueError(f"--against {against} holds no images ({', '.join(IMAGE_EXTENSIONS)}) and no mmdata shards")
     return EvalImages(names, images)
+
+
+def _image_names(folder: Location, prefix: str = "") -> list[str]:
+    """Paths (relative to the folder walked, ``/``-separated) of the image files under ``folder``."""
+    found = []
+    for name, entry in folder.list().items():
+        if entry["type"] == "directory":
+            found += _image_names(folder / name, f"{prefix}{name}/")
+        elif name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and "." in name:
+            found.append(prefix + name)
+    return found
+
+
+def _under(folder: Location, relative: str) -> Location:
+    for part in relative.split("/"):
+        folder = folder / part
+    return folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +93,8 @@ class DecontaminateConfig:
     """``embedding``: None runs the embedding tier when the dataset has image embeddings (from
     ``mmdata score``), True requires it, False skips it. ``model`` picks the score run (a model id
     under ``DIR/scores/``); ``pretrained`` replaces a checkpoint path that no longer exists.
-    ``eps`` is a cosine distance: larger flags more."""
+    ``eps`` is a cosine distance: larger flags more. ``against`` (and the dataset) may be URLs;
+    ``storage_options`` go to their filesystem."""
 
     against: str
     model: str | None = None
@@ -87,31 +104,38 @@ class DecontaminateConfig:
     embedding: bool | None = None
     pretrained: str | None = None
     device: str = "cpu"
+    storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.against:
             raise ValueError("against is required: a folder of evaluation images or an mmdata dataset")
-        object.__setattr__(self, "against", str(layout.local_path(self.against)))
+        object.__setattr__(self, "against", self.evaluation_set.url)
         if not 0 <= self.hamming <= 24:
             raise ValueError(f"hamming must be in [0, 24] bits of 64, got {self.hamming}")
         if not 0.0 <= self.eps < 2.0:
             raise ValueError(f"eps must be a cosine distance in [0, 2), got {self.eps}")
 
+    @property
+    def evaluation_set(self) -> Location:
+        """The folder of evaluation images (or the dataset) to match against, on its filesystem."""
+        return location(self.against, self.storage_options)
 
-def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = None, *, execution: Execution = None,
+
+def decontaminate(root: layout.Root, config: DecontaminateConfig | None = None, *, execution: Execution = None,
                   **options) -> ContaminationResult:
     """Mark the samples of ``root`` that match an image of ``config.against``.
 
     Pass a :class:`DecontaminateConfig` or its options flat (``decontaminate(root, against="eval/")``);
     the dataset's hashes are computed as tasks on ``execution`` (or the flat ``executor``/``workers``).
+    ``root`` may be a URL; ``storage_options`` (a config field) go to its filesystem and ``against``'s.
     """
     config, execution = stage_settings(DecontaminateConfig, "decontaminate", config, execution, options)
     against, model, hamming, colour_tolerance = config.against, config.model, config.hamming, config.colour_tolerance
     eps, embedding, pretrained, device = config.eps, config.embedding, config.pretrained, config.device
-    root = layout.local_path(root)
+    root = layout.dataset(root, config.storage_options)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: nothing to decontaminate")
-    evaluation = load_eval_images(against)
+    evaluation = load_eval_images(config.evaluation_set)
     eval_hashes = hash_rows(list(zip(evaluation.names, evaluation.images)))
     samples = dataset_hashes(root, execution=execution)
     keys = samples.column("key").to_pylist()
@@ -171,7 +195,7 @@ def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = 
     }
     counts.update({tier: int((reason == tier).sum()) for tier in tiers})
     settings = {
-        "against": str(against), "hamming": hamming, "colour_tolerance": colour_tolerance, "eps": eps,
+        "against": against, "hamming": hamming, "colour_tolerance": colour_tolerance, "eps": eps,
         "model": embedding_model, "counts": counts,
     }
     table = table.replace_schema_metadata({CONTAMINATION_METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
@@ -179,7 +203,7 @@ def decontaminate(root: str | os.PathLike, config: DecontaminateConfig | None = 
     return ContaminationResult(write_parquet(table, path, CONTAMINATION_SCHEMA), counts, path)
 
 
-def _embedding_model(root: Path, model: str | None, embedding: bool | None) -> str | None:
+def _embedding_model(root: Location, model: str | None, embedding: bool | None) -> str | None:
     """The score run (model id) whose embeddings the embedding tier uses, or None to skip it."""
 
     if embedding is False:
@@ -200,7 +224,8 @@ def _embedding_model(root: Path, model: str | None, embedding: bool | None) -> s
 
 
 def _embedding_matches(
-    root: Path, model_id: str, keys: list[str], evaluation: EvalImages, eps: float, pretrained: str | None, device: str
+    root: Location, model_id: str, keys: list[str], evaluation: EvalImages, eps: float, pretrained: str | None,
+    device: str,
 ) -> tuple[np.ndarray, list[str]]:
     """Sample rows whose image embedding has cosine > 1 - eps with an evaluation image, and that image."""
     from mmdata.table import read_embeddings
@@ -223,7 +248,7 @@ def _embedding_matches(
 
 
 def _eval_embeddings(
-    root: Path, model_id: str, evaluation: EvalImages, pretrained: str | None, device: str
+    root: Location, model_id: str, evaluation: EvalImages, pretrained: str | None, device: str
 ) -> tuple[list[str], np.ndarray]:
     """Evaluation image embeddings: read from EVAL's own score run of the same model, else encoded."""
     if evaluation.dataset is not None and (layout.scores_dir(evaluation.dataset) / model_id / "model.json").exists():

@@ -13,9 +13,7 @@ hashes of different pictures link them, and union-find chains the false links in
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +28,7 @@ from mmdata.execution import Execution, Executor, using
 from mmdata.options import stage_settings
 from mmdata.schemas.annotations import DEDUP_SCHEMA
 from mmdata.schemas.samples import SUCCESS
+from mmdata.storage import Location
 
 DEDUP_METADATA_KEY = b"mmdata.dedup"
 
@@ -67,7 +66,7 @@ class DedupConfig:
 class DedupResult:
     table: pa.Table  # DEDUP_SCHEMA, one row per examined sample
     counts: dict[str, int] = field(default_factory=dict)  # examined, kept, exact, near, semantic, ...
-    path: Path | None = None
+    path: Location | None = None
 
     def explanation(self) -> pa.Table:
         """The dropped samples only: key, kept twin, tier, similarity."""
@@ -156,20 +155,21 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
     return DedupResult(table, counts)
 
 
-def dedup(root: str | os.PathLike, config: DedupConfig | None = None, *, execution: Execution = None,
-          **options) -> DedupResult:
+def dedup(root: layout.Root, config: DedupConfig | None = None, *, execution: Execution = None,
+          storage_options: dict | None = None, **options) -> DedupResult:
     """Dedup the successful samples of dataset ``root``; writes ``annotations/dedup.parquet``.
 
     Pass a :class:`DedupConfig` or its options flat (``dedup(root, near=True, hamming=6)``), and
     where the work runs as ``execution=`` or the flat ``executor``/``workers``/``ray_address``.
     Hashes come from the per-shard cache (computed from the tars on first use, as tasks); the
-    semantic tier needs a score run with embeddings (``mmdata score``).
+    semantic tier needs a score run with embeddings (``mmdata score``). ``root`` may be a URL
+    (``s3://bucket/ds``); ``storage_options`` go to its filesystem.
     """
     config, execution = stage_settings(DedupConfig, "dedup", config, execution, options)
     model = config.model
     from mmdata.table import read_embeddings, read_table
 
-    root = layout.local_path(root)
+    root = layout.dataset(root, storage_options)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: download into it first (mmdata download)")
     if model is not None and model not in layout.scored_models(root):

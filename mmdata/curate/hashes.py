@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageStat
 
 from mmdata import layout
@@ -43,6 +40,8 @@ from mmdata.execution.progress import COUNT
 from mmdata.schemas.hashes import CROP_COUNT, HASH_SCHEMA, HASH_VERSION
 from mmdata.schemas.members import image_member
 from mmdata.shards import iter_samples
+from mmdata.storage import Location, read_parquet
+from mmdata.storage.reads import each
 
 CROP_FRACTION = 0.95
 CROP_OFFSETS = (0.0, 0.025, 0.05)  # per axis: CROP_COUNT crops
@@ -172,11 +171,15 @@ def hash_rows(named_images: list[tuple[str, bytes | None]]) -> pa.Table:
     return table
 
 
-def cache_path(root: str | os.PathLike, shard: str) -> Path:
-    return layout.annotations_dir(root) / ".hashes" / f"{shard}.parquet"
+def cache_dir(root: layout.Root) -> Location:
+    return layout.annotations_dir(root) / ".hashes"
 
 
-def hash_shard(root: str | os.PathLike, shard: str) -> str:
+def cache_path(root: layout.Root, shard: str) -> Location:
+    return cache_dir(root) / f"{shard}.parquet"
+
+
+def hash_shard(root: layout.Root, shard: str) -> str:
     """Hash every stored sample of one shard into its cache file; returns the shard name."""
     path = layout.tar_path(root, shard)
     try:
@@ -187,28 +190,34 @@ def hash_shard(root: str | os.PathLike, shard: str) -> str:
     return shard
 
 
-def _cached(root: str | os.PathLike, shard: str) -> bool:
-    path = cache_path(root, shard)
-    if not path.exists():
-        return False
-    metadata = pq.read_schema(path).metadata or {}
-    return metadata.get(b"mmdata.hash_version") == HASH_VERSION.encode()
-
-
-def dataset_hashes(root: str | os.PathLike, *, execution: Execution = None) -> pa.Table:
+def dataset_hashes(root: layout.Root, *, execution: Execution = None, storage_options: dict | None = None) -> pa.Table:
     """Hashes of every stored sample of the complete shards, computing only the shards not cached.
 
-    Missing shards are hashed as tasks on the executor, one per shard.
+    Missing shards are hashed as tasks on the executor, one per shard; the cache files are read
+    concurrently from an object store.
     """
+    root = layout.dataset(root, storage_options)
     shards = layout.complete_shards(root)
-    missing = [shard for shard in shards if not _cached(root, shard)]
+    present = set(cache_dir(root).names(".parquet"))
+    tables = each(lambda shard: _cached(root, shard, present), shards, root)
+    missing = [shard for shard, table in zip(shards, tables) if table is None]
     if missing:
         progress = StageProgress("hashing", total=len(missing), unit="shard", tasks=len(shards),
                                  tasks_done=len(shards) - len(missing), final_counts=lambda shard: (shard, {COUNT: 1}))
         with using(sized(execution, len(missing))) as executor, progress:
-            executor.run_tasks(hash_shard, [(str(root), shard) for shard in missing], progress=progress)
-    tables = [pq.read_table(cache_path(root, shard)) for shard in shards]
+            executor.run_tasks(hash_shard, [(root, shard) for shard in missing], progress=progress)
+        hashed = dict(zip(missing, each(lambda shard: read_parquet(cache_path(root, shard)), missing, root)))
+        tables = [hashed.get(shard, table) for shard, table in zip(shards, tables)]
     return pa.concat_tables(tables).cast(HASH_SCHEMA) if tables else HASH_SCHEMA.empty_table()
+
+
+def _cached(root: Location, shard: str, present: set[str]) -> pa.Table | None:
+    """The shard's cached hashes, or ``None`` when missing or written by another ``HASH_VERSION``."""
+    if f"{shard}.parquet" not in present:
+        return None
+    table = read_parquet(cache_path(root, shard))
+    metadata = table.schema.metadata or {}
+    return table if metadata.get(b"mmdata.hash_version") == HASH_VERSION.encode() else None
 
 
 def to_codes(values: np.ndarray) -> np.ndarray:

@@ -7,24 +7,22 @@ plus the rules and the per-rule funnel as JSON in the schema metadata. ``reshard
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.curate.rules import FilterConfig, Funnel, apply_rules, build_rules
 from mmdata.options import config_from_options
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY, VIEW_SCHEMA
+from mmdata.storage import Location, read_parquet
 
 _VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def view_path(root: str | os.PathLike, name: str) -> Path:
+def view_path(root: layout.Root, name: str) -> Location:
     if not _VIEW_NAME.match(name or "") or name.endswith(".parquet"):
         raise ValueError(f"view name {name!r}: use letters, digits, '_', '-', '.' (no path, no .parquet suffix)")
     return layout.views_dir(root) / f"{name}.parquet"
@@ -42,18 +40,21 @@ def select(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, Funnel, lis
     return selected, funnel, resolved
 
 
-def filter_view(root: str | os.PathLike, config: FilterConfig | None = None, *, view: str, **options) -> pa.Table:
+def filter_view(root: layout.Root, config: FilterConfig | None = None, *, view: str,
+                storage_options: dict | None = None, **options) -> pa.Table:
     """Select samples of dataset ``root`` by AND-ed rules and write them as view ``view``.
 
     Pass a :class:`FilterConfig` or its rules flat (``filter_view(root, view="train",
     min_clip_score=0.28)``). Only successful samples are selectable (the funnel's first step).
     Returns the view table; its schema metadata holds the rules (``RULES_KEY``) and the funnel
-    (``FUNNEL_KEY``), see :func:`view_funnel`.
+    (``FUNNEL_KEY``), see :func:`view_funnel`. ``root`` may be a URL; ``storage_options`` go to its
+    filesystem.
     """
     if config is None:
         config = config_from_options(FilterConfig, "filter", options)
     elif options:
         raise ValueError("pass either a FilterConfig or keyword rules, not both")
+    root = layout.dataset(root, storage_options)
     path = view_path(root, view)
     from mmdata.table import read_table
 
@@ -69,17 +70,16 @@ def filter_view(root: str | os.PathLike, config: FilterConfig | None = None, *, 
     return write_parquet(selected.replace_schema_metadata(metadata), path, VIEW_SCHEMA)
 
 
-def read_view(root: str | os.PathLike, name: str) -> pa.Table:
+def read_view(root: layout.Root, name: str, *, storage_options: dict | None = None) -> pa.Table:
     """The view's table (VIEW_SCHEMA, with rules and funnel in its metadata)."""
+    root = layout.dataset(root, storage_options)
     path = view_path(root, name)
     if not path.exists():
-        existing = (
-            sorted(p.stem for p in layout.views_dir(root).glob("*.parquet")) if layout.views_dir(root).is_dir() else []
-        )
+        existing = [file[: -len(".parquet")] for file in layout.views_dir(root).names(".parquet")]
         raise FileNotFoundError(
             f"no view {name!r} in {root} (views: {existing or 'none'}); make one with `mmdata filter`"
         )
-    return pq.read_table(path)
+    return read_parquet(path)
 
 
 def view_funnel(view_table: pa.Table) -> dict:

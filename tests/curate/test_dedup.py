@@ -112,10 +112,10 @@ def test_hashes_are_cached_per_shard(planted):
     root, _ = planted
     dedup(root, exact=True, near=True, executor="inline")
     shard = layout.complete_shards(root)[0]
-    before = cache_path(root, shard).stat().st_mtime_ns
+    before = cache_path(root, shard).local_path().stat().st_mtime_ns
     dedup(root, exact=True, near=True, executor="inline")
-    assert cache_path(root, shard).stat().st_mtime_ns == before
-    cache_path(root, shard).unlink()
+    assert cache_path(root, shard).local_path().stat().st_mtime_ns == before
+    cache_path(root, shard).remove()
     dedup(root, exact=True, executor="inline")
     assert cache_path(root, shard).exists()
 
@@ -124,7 +124,7 @@ def test_shards_are_hashed_as_ray_tasks_with_the_same_result(planted, ray_local)
     root, _ = planted
     in_process = dataset_hashes(root, execution=ExecutionConfig(executor="inline"))
     for shard in layout.complete_shards(root):
-        cache_path(root, shard).unlink()
+        cache_path(root, shard).remove()
     assert dataset_hashes(root).equals(in_process)
 
 

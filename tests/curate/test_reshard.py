@@ -41,6 +41,7 @@ def test_reshard_writes_exactly_the_view(source, tmp_path, capsys):
         "reshard", str(root), "--view", "best", "--output", str(output), "--shard-size", "7", "--executor", "inline"
     ]) == 0
     manifest = json.loads(layout.manifest_path(output).read_text())
+    assert not [path.name for path in output.iterdir() if path.name.startswith(".")]  # no locks nor temporaries
     selected = view.column("key").to_pylist()
     assert manifest["samples"] == len(selected) == manifest["stats"]["successes"]
 
@@ -78,15 +79,15 @@ def test_interrupted_reshard_resumes_without_duplicates(source, tmp_path, ray_lo
     output = tmp_path / "out"
     reshard(root, view="best", output=output, shard_size=5, executor="inline")
     shards = layout.complete_shards(output)
-    untouched = layout.tar_path(output, shards[0]).stat().st_mtime_ns
+    untouched = layout.tar_path(output, shards[0]).local_path().stat().st_mtime_ns
     # an interruption: the last shards lost their commit markers, a temporary was left behind
-    layout.manifest_path(output).unlink()
+    layout.manifest_path(output).remove()
     for shard in shards[-2:]:
-        layout.stats_path(output, shard).unlink()
+        layout.stats_path(output, shard).remove()
     (output / f".{shards[-1]}.tar.dead.tmp").write_bytes(b"partial")
     manifest = reshard(root, view="best", output=output, shard_size=5)  # the two missing shards, as Ray tasks
     assert layout.complete_shards(output) == shards
-    assert layout.tar_path(output, shards[0]).stat().st_mtime_ns == untouched
+    assert layout.tar_path(output, shards[0]).local_path().stat().st_mtime_ns == untouched
     assert not list(output.glob(".*.tmp"))
     keys = read_table(output).column("source_key").to_pylist()
     assert keys == view.column("key").to_pylist() and manifest["samples"] == len(keys)
