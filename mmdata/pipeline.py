@@ -11,6 +11,8 @@ Every stage is resumable on its own (the library functions skip complete shards)
 skips a whole stage when its completion marker exists, so re-running the same command after a
 failure picks up where it stopped. The stages that run tasks share one executor, opened when the
 first of them runs; a stage whose ``with:`` names ``executor``/``workers``/``ray_address`` gets its own.
+Datasets and outputs may be URLs (``s3://bucket/ds``): they are passed to the stages as written, and a
+stage's ``storage_options`` serve its completion check too.
 """
 
 from __future__ import annotations
@@ -57,15 +59,28 @@ def _score(**options):
     return mmdata.score(**options)
 
 
-def _score_complete(*, dataset: str, model: str, pretrained: str | None = None, **_) -> bool:
+def _score_complete(*, dataset: str, model: str, pretrained: str | None = None,
+                    storage_options: dict | None = None, **_) -> bool:
     """Every complete shard has its score table for this model."""
     from mmdata.score.model import resolve_model
 
-    model_dir = layout.scores_dir(dataset) / resolve_model(model, pretrained).model_id
-    shards = layout.complete_shards(dataset)
-    return bool(shards) and layout.manifest_path(dataset).exists() and all(
-        (model_dir / f"{shard}.parquet").exists() for shard in shards
-    )
+    root = layout.dataset(dataset, storage_options)
+    scored = set(layout.model_dir(root, resolve_model(model, pretrained).model_id).names(".parquet"))
+    shards = layout.complete_shards(root)
+    return bool(shards) and layout.manifest_path(root).exists() and all(f"{shard}.parquet" in scored
+                                                                        for shard in shards)
+
+
+def _manifest_written(folder: str, storage_options: dict | None = None) -> bool:
+    return layout.manifest_path(layout.dataset(folder, storage_options)).exists()
+
+
+def _dedup_complete(*, dataset: str, storage_options: dict | None = None, **_) -> bool:
+    return (layout.annotations_dir(layout.dataset(dataset, storage_options)) / "dedup.parquet").exists()
+
+
+def _filter_complete(*, dataset: str, view: str, storage_options: dict | None = None, **_) -> bool:
+    return (layout.views_dir(layout.dataset(dataset, storage_options)) / f"{view}.parquet").exists()
 
 
 def _dedup(*, dataset: str, **options):
@@ -112,15 +127,13 @@ def _demo_complete(name: str) -> Callable[..., bool]:
 
 
 STAGES: dict[str, Stage] = {
-    "download": Stage(
-        _download, lambda *, output_dir, **_: layout.manifest_path(output_dir).exists(), uses_executor=True
-    ),
+    "download": Stage(_download, lambda *, output_dir, storage_options=None, **_: _manifest_written(
+        output_dir, storage_options), uses_executor=True),
     "score": Stage(_score, _score_complete, uses_executor=True),
-    "dedup": Stage(
-        _dedup, lambda *, dataset, **_: (layout.annotations_dir(dataset) / "dedup.parquet").exists(), uses_executor=True
-    ),
-    "filter": Stage(_filter, lambda *, dataset, view, **_: (layout.views_dir(dataset) / f"{view}.parquet").exists()),
-    "reshard": Stage(_reshard, lambda *, output, **_: layout.manifest_path(output).exists(), uses_executor=True),
+    "dedup": Stage(_dedup, _dedup_complete, uses_executor=True),
+    "filter": Stage(_filter, _filter_complete),
+    "reshard": Stage(_reshard, lambda *, output, storage_options=None, **_: _manifest_written(
+        output, storage_options), uses_executor=True),
     "report": Stage(_report),
     # The offline demo's own stages (mmdata.demo): the synthetic web, the filter network, the scorecard.
     "synthetic": Stage(_demo("make_corpus"), _demo_complete("corpus_complete")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmdata.cli._defaults import defaults_from
-from mmdata.cli._flags import add_execution_flags, execution_options, given
+from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 
 _OPTIONS = ("kind", "model", "max_index_memory", "force")
 
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Each shard's embeddings are read as one task.",
         formatter_class=defaults_from("mmdata.search.ann:IndexConfig", "mmdata.search.index:build_index"),
     )
-    parser.add_argument("dataset", metavar="DIR")
+    parser.add_argument("dataset", metavar="DIR", help="dataset folder or URL (s3://bucket/ds)")
     parser.add_argument("--kind", choices=("image", "text"),
                         help="which embeddings to index (default %(library_default)s)")
     parser.add_argument("--model", help="scored model id under DIR/scores/ (default: the default model)")
@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "index's)")
     parser.add_argument("--force", action="store_true", default=None,
                         help="rebuild even when the embeddings did not change")
+    add_storage_flag(parser)
     add_execution_flags(parser)
     parser.set_defaults(handler=_run)
 
@@ -35,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(arguments: argparse.Namespace) -> int:
     from mmdata.search.index import build_index
 
-    info = build_index(arguments.dataset, **given(arguments, _OPTIONS), **execution_options(arguments))
+    info = build_index(arguments.dataset, **given(arguments, _OPTIONS), **storage_options(arguments),
+                       **execution_options(arguments))
     report = info.report
     state = "built" if info.rebuilt else "up to date"
     recall = "" if report["tuned_recall"] is None else f", tuned recall@10 {report['tuned_recall']:.3f}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmdata.cli._flags import add_storage_flag, storage_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -12,9 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One row per input row: download metadata, shard, clip_score (default model), "
         "clip_score__<model_id> per scored model and every annotation column.",
     )
-    parser.add_argument("dataset", metavar="DIR", help="dataset folder")
-    parser.add_argument("--output", "-o", required=True, help="parquet file to write")
+    parser.add_argument("dataset", metavar="DIR", help="dataset folder or URL (s3://bucket/ds)")
+    parser.add_argument("--output", "-o", required=True, help="parquet file (a path or URL) to write")
     parser.add_argument("--columns", help="comma-separated columns to keep (default all)")
+    add_storage_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -22,6 +25,6 @@ def run(arguments: argparse.Namespace) -> int:
     from mmdata.table import write_table
 
     columns = [name for name in arguments.columns.split(",") if name] if arguments.columns else None
-    table = write_table(arguments.dataset, arguments.output, columns=columns)
+    table = write_table(arguments.dataset, arguments.output, columns=columns, **storage_options(arguments))
     print(f"{table.num_rows} rows, {table.num_columns} columns -> {arguments.output}")
     return 0

@@ -2,22 +2,22 @@
 
 Each stage leaves its own trace (``manifest.json`` and shard stats, ``scores/<model>/``,
 ``annotations/dedup.parquet``, ``views/<name>.parquet``); a stage that left none is reported as not run.
+The folder may be a URL (``s3://bucket/ds``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY
+from mmdata.storage import Location, read_parquet_schema
+from mmdata.storage.parquet import read_parquet_rows
 
 THRESHOLD_RULES = ("min_clip_score", "top_fraction")
 
@@ -33,7 +33,7 @@ class ViewFacts:
 
 @dataclass
 class ReportFacts:
-    root: Path
+    root: Location
     table: pa.Table | None  # one row per input row (mmdata.read_table), None before any shard exists
     manifest: dict | None
     score_models: dict[str, dict] = field(default_factory=dict)  # model_id -> provenance
@@ -50,10 +50,10 @@ class ReportFacts:
         return self.table is not None and "dup_reason" in self.table.column_names
 
 
-def gather(root: str | os.PathLike, *, view: str | None = None) -> ReportFacts:
+def gather(root: layout.Root, *, view: str | None = None, storage_options: dict | None = None) -> ReportFacts:
     """Read everything the report shows from ``root``; ``view`` picks the view whose threshold is drawn
     (default: the first view with a clip-score rule, else the first view)."""
-    root = layout.local_path(root)
+    root = layout.dataset(root, storage_options)
     if not root.is_dir():
         raise FileNotFoundError(f"no dataset folder at {root}: pass the --output folder of `mmdata download`")
     table = None
@@ -66,16 +66,15 @@ def gather(root: str | os.PathLike, *, view: str | None = None) -> ReportFacts:
     manifest = _read_json(layout.manifest_path(root))
     facts = ReportFacts(root=root, table=table, manifest=manifest)
     scores = layout.scores_dir(root)
-    if scores.is_dir():
-        for model_dir in sorted(p for p in scores.iterdir() if p.is_dir()):
-            facts.score_models[model_dir.name] = _read_json(model_dir / "model.json") or {}
+    for name, entry in sorted(scores.list().items()):
+        if entry["type"] == "directory":
+            facts.score_models[name] = _read_json(scores / name / layout.MODEL_RECORD) or {}
     dedup_path = layout.annotations_dir(root) / "dedup.parquet"
     if dedup_path.exists():
-        facts.dedup_metadata = _decode_metadata(pq.read_schema(dedup_path).metadata)
+        facts.dedup_metadata = _decode_metadata(read_parquet_schema(dedup_path).metadata)
     views_dir = layout.views_dir(root)
-    if views_dir.is_dir():
-        for path in sorted(views_dir.glob("*.parquet")):
-            facts.views.append(_view_facts(path, table))
+    for name in views_dir.names(".parquet"):
+        facts.views.append(_view_facts(views_dir / name, table))
     if view is not None:
         matches = [v for v in facts.views if v.name == view]
         if not matches:
@@ -87,13 +86,14 @@ def gather(root: str | os.PathLike, *, view: str | None = None) -> ReportFacts:
     return facts
 
 
-def _view_facts(path: Path, table: pa.Table | None) -> ViewFacts:
-    schema = pq.read_schema(path)
+def _view_facts(path: Location, table: pa.Table | None) -> ViewFacts:
+    schema = read_parquet_schema(path)
     metadata = schema.metadata or {}
     rules = json.loads(metadata[RULES_KEY]) if RULES_KEY in metadata else {}
     funnel = json.loads(metadata[FUNNEL_KEY]) if FUNNEL_KEY in metadata else None
-    rows = pq.read_metadata(path).num_rows
-    return ViewFacts(name=path.stem, rows=rows, rules=rules, funnel=funnel, threshold=_threshold(rules, table))
+    rows = read_parquet_rows(path)
+    return ViewFacts(name=path.name.removesuffix(".parquet"), rows=rows, rules=rules, funnel=funnel,
+                     threshold=_threshold(rules, table))
 
 
 def _threshold(rules: dict, table: pa.Table | None) -> float | None:
@@ -137,8 +137,11 @@ def _domain(url: str | None) -> str:
         return "(malformed)"
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def _read_json(path: Location) -> dict | None:
+    try:
+        return path.read_json()
+    except FileNotFoundError:
+        return None
 
 
 def _decode_metadata(metadata: dict | None) -> dict:

@@ -2,6 +2,8 @@
 
 Every section is always present; a stage that has not run says so. Charts are matplotlib PNGs and
 sample images are thumbnails, all inline as data URIs, so the file can be mailed or archived alone.
+The dataset and the report file may each be a local path or a URL (``s3://bucket/ds``); each
+thumbnail is one ranged read of its shard's tar.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from mmdata.report import plots
 from mmdata.report.facts import ReportFacts, gather
 from mmdata.schemas.members import image_member
 from mmdata.schemas.samples import SUCCESS
-from mmdata.shards import SampleSpan, read_sample
+from mmdata.shards import ShardFormatError, samples_in_range
+from mmdata.storage import Location, location
 
 SECTIONS = (
     ("funnel", "Funnel per stage"),
@@ -54,15 +57,17 @@ img.chart { max-width: 100%; }
 """
 
 
-def write_report(root: str | os.PathLike, output: str | os.PathLike, *, view: str | None = None,
-                 grid_size: int = 12, clusters_per_tier: int = 3) -> Path:
-    """Write the report of dataset ``root`` to ``output`` (one HTML file) and return its path.
+def write_report(root: layout.Root, output: str | os.PathLike | Location, *, view: str | None = None,
+                 grid_size: int = 12, clusters_per_tier: int = 3,
+                 storage_options: dict | None = None) -> Path | Location:
+    """Write the report of dataset ``root`` to ``output`` (one HTML file) and return where it is: a
+    Path for a local file, a Location for a URL. ``storage_options`` serve both URLs.
 
     ``view`` picks the view whose clip-score threshold is drawn (default: the first with a score rule).
     """
     if grid_size < 1 or clusters_per_tier < 1:
         raise ValueError("grid_size and clusters_per_tier must be at least 1")
-    facts = gather(root, view=view)
+    facts = gather(root, view=view, storage_options=storage_options)
     thumbnails = _Thumbnails(facts)
     bodies = {
         "funnel": _funnel_section(facts),
@@ -86,10 +91,10 @@ def write_report(root: str | os.PathLike, output: str | os.PathLike, *, view: st
     for key, title in SECTIONS:
         parts.append(f'<section id="{key}"><h2>{_e(title)}</h2>{bodies[key]}</section>')
     parts.append("</body></html>")
-    output = Path(output)
+    output = location(output, storage_options)
     with atomic_file(output, "w") as handle:
         handle.write("\n".join(parts))
-    return output
+    return output.local_path() if output.is_local else output
 
 
 def _funnel_section(facts: ReportFacts) -> str:
@@ -298,9 +303,11 @@ class _Thumbnails:
             offset, size = self._span_from_scan(shard, path).get(key, (None, None))
             if offset is None:
                 return None
-        with open(path, "rb") as handle:
-            _, members = read_sample(handle, SampleSpan(offset, size))
-        body = image_member(members)
+        blob = path.read_range(offset, size)
+        samples = samples_in_range(blob) if len(blob) == size else []
+        if len(samples) != 1:
+            raise ShardFormatError(f"{path}: bytes {offset}+{size} are not one sample (is its parquet stale?)")
+        body = image_member(samples[0][1])
         if body is None:
             return None
         image = Image.open(io.BytesIO(body)).convert("RGB")
@@ -309,11 +316,11 @@ class _Thumbnails:
         image.save(buffer, "JPEG", quality=85)
         return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
-    def _span_from_scan(self, shard: str, path: Path) -> dict[str, tuple[int, int]]:
+    def _span_from_scan(self, shard: str, path: Location) -> dict[str, tuple[int, int]]:
         if shard not in self._scanned:
             from mmdata.stream.index import scan_members
 
-            with open(path, "rb") as handle:
+            with path.open("rb") as handle:
                 members = scan_members(handle)
             self._scanned[shard] = dict(zip(
                 members.column("key").to_pylist(),

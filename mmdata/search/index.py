@@ -5,10 +5,15 @@ Layout, one folder per model and embedding kind::
     DIR/index/<model_id>/<kind>/index.json        commit marker: version, fingerprint, provenance, plan
     DIR/index/<model_id>/<kind>/<version>/        index.faiss, vectors.npy, plan.json, rows.parquet
 
-A build writes a new version folder, then renames ``index.json`` over the old one (the commit), then
+A build writes a new version folder, then puts ``index.json`` over the old one (the commit), then
 removes older versions; readers follow ``index.json``, so they never see half an index. The
-fingerprint covers the score tables and metadata files the index was built from (names, sizes,
-mtimes): a build whose fingerprint and settings match the committed ones does nothing.
+fingerprint covers the score tables and metadata files the index was built from (names, sizes, and
+mtimes locally or ETags on an object store): a build whose fingerprint and settings match the
+committed ones does nothing.
+
+faiss reads and writes local files only: on a remote dataset (``s3://...``) the index is built in a
+local temporary folder and each file uploaded whole, and a search downloads a version once into
+``$MMDATA_CACHE/index/`` (default ``~/.cache/mmdata``), keyed by its URL and its files' sizes and ETags.
 
 Reading each shard's embeddings and metadata rows is one task on the executor (``execution``, or the
 flat ``executor``/``workers``/``ray_address``); the faiss build itself runs in this process.
@@ -17,9 +22,9 @@ flat ``executor``/``workers``/``ray_address``); the faiss build itself runs in t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.atomic import write_json, write_parquet
@@ -37,6 +41,7 @@ from mmdata.options import stage_execution
 from mmdata.schemas import align_table
 from mmdata.schemas.index import ROWS_SCHEMA
 from mmdata.search.ann import AnnIndex, IndexConfig, parse_memory
+from mmdata.storage import Location, read_parquet, read_parquet_schema
 
 INDEX_DIR = "index"
 MARKER = "index.json"
@@ -48,7 +53,7 @@ KINDS = ("image", "text")
 class IndexInfo:
     """The committed index of one model and kind: where it is and what it was built from."""
 
-    folder: Path  # DIR/index/<model_id>/<kind>
+    folder: Location  # DIR/index/<model_id>/<kind>
     version: str
     model_id: str
     kind: str
@@ -59,15 +64,15 @@ class IndexInfo:
     rebuilt: bool  # False when build_index found the committed index current
 
     @property
-    def version_dir(self) -> Path:
+    def version_dir(self) -> Location:
         return self.folder / self.version
 
 
-def index_dir(root: str | os.PathLike, model_id: str, kind: str) -> Path:
-    return Path(root) / INDEX_DIR / model_id / kind
+def index_dir(root: layout.Root, model_id: str, kind: str) -> Location:
+    return layout.dataset(root) / INDEX_DIR / model_id / kind
 
 
-def resolve_model_id(root: str | os.PathLike, model: str | None) -> str:
+def resolve_model_id(root: layout.Root, model: str | None) -> str:
     """The scored model an index is for: ``model`` (a model id under DIR/scores/) or the default one."""
     models = layout.scored_models(root)
     model_id = model or layout.default_model(root)
@@ -79,7 +84,7 @@ def resolve_model_id(root: str | os.PathLike, model: str | None) -> str:
 
 
 def build_index(
-    root: str | os.PathLike,
+    root: layout.Root,
     *,
     kind: str = "image",
     model: str | None = None,
@@ -90,16 +95,18 @@ def build_index(
     executor: str | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
+    storage_options: dict | None = None,
 ) -> IndexInfo:
     """Build (or keep, when current) the index of ``kind`` embeddings of ``model`` (default: the
     default scored model). ``max_index_memory`` ("2GB") bounds the index's RAM and so picks its kind;
     without it a rebuild keeps the committed index's settings. Changed settings also rebuild.
     ``execution`` (or ``executor``/``workers``/``ray_address``) runs the per-shard reads; none is
-    started when the committed index is current."""
+    started when the committed index is current. ``root`` may be a URL (``storage_options`` for its
+    filesystem)."""
     execution = stage_execution(execution, {"executor": executor, "workers": workers, "ray_address": ray_address})
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    root = layout.local_path(root)
+    root = layout.dataset(root, storage_options)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     model_id = resolve_model_id(root, model)
@@ -121,7 +128,7 @@ def build_index(
     ann = AnnIndex.build(vectors, config)
     version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     version_dir = folder / version
-    ann.save(version_dir)
+    _save(ann, version_dir)
     write_parquet(rows, version_dir / ROWS_FILE, ROWS_SCHEMA)
     provenance = layout.read_model_record(root, model_id) or {}
     marker = {
@@ -135,38 +142,52 @@ def build_index(
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(folder / MARKER, marker)  # the commit
-    for old in folder.iterdir():
-        if old.is_dir() and old.name != version:
-            shutil.rmtree(old, ignore_errors=True)
+    for name, entry in folder.list().items():
+        if entry["type"] == "directory" and name != version:
+            (folder / name).remove_tree()
     return _info(folder, marker, rebuilt=True)
 
 
-def read_index_info(root: str | os.PathLike, model_id: str, kind: str) -> IndexInfo | None:
+def _save(ann: AnnIndex, version_dir: Location) -> None:
+    """Write the faiss files into ``version_dir``: in place locally, else built locally and uploaded."""
+    if version_dir.is_local:
+        ann.save(version_dir.local_path())
+        return
+    with tempfile.TemporaryDirectory(prefix="mmdata-index-") as staging:
+        ann.save(staging)
+        for name in sorted(os.listdir(staging)):
+            (version_dir / name).put_file(os.path.join(staging, name))
+
+
+def read_index_info(root: layout.Root, model_id: str, kind: str) -> IndexInfo | None:
     """The committed index, or None when there is none (or its version folder is gone)."""
     folder = index_dir(root, model_id, kind)
-    marker_path = folder / MARKER
-    if not marker_path.is_file():
+    try:
+        marker = (folder / MARKER).read_json()
+    except FileNotFoundError:
         return None
-    marker = json.loads(marker_path.read_text())
     if not (folder / marker["version"]).is_dir():
         return None
     return _info(folder, marker, rebuilt=False)
 
 
-def embeddings_fingerprint(root: str | os.PathLike, model_id: str, kind: str) -> str:
-    """A hash of the names, sizes and mtimes of the files an index reads: the model's score tables
-    and model record, and the metadata parquet of every complete shard."""
-    root = layout.local_path(root)
+def embeddings_fingerprint(root: layout.Root, model_id: str, kind: str) -> str:
+    """A hash of the names, sizes and mtimes (ETags remotely) of the files an index reads: the
+    model's score tables and model record, and the metadata parquet of every complete shard."""
+    root = layout.dataset(root)
     digest = hashlib.sha256(f"{model_id}\0{kind}".encode())
-    paths = [layout.model_dir(root, model_id) / layout.MODEL_RECORD]
+    model_dir = layout.model_dir(root, model_id)
+    scores, metadata = model_dir.list(), root.list()
+    named = [(f"scores/{model_id}/{layout.MODEL_RECORD}", model_dir / layout.MODEL_RECORD, scores)]
     for shard in layout.complete_shards(root):
-        paths += [layout.score_path(root, model_id, shard), layout.parquet_path(root, shard)]
-    for path in paths:
-        try:
-            status = path.stat()
-        except FileNotFoundError:
+        named += [(f"scores/{model_id}/{shard}.parquet", layout.score_path(root, model_id, shard), scores),
+                  (f"{shard}.parquet", layout.parquet_path(root, shard), metadata)]
+    for relative, path, listing in named:
+        entry = listing.get(path.name)
+        if entry is None:
             continue
-        digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        version = os.stat(path.local_path()).st_mtime_ns if path.is_local else entry.get("etag")
+        digest.update(f"{relative}\0{entry['size']}\0{version}\n".encode())
     return digest.hexdigest()
 
 
@@ -179,22 +200,22 @@ class ShardEmbeddings:
     vectors: np.ndarray  # [rows, dim]
 
 
-def read_shard_embeddings(root: str, model_id: str, kind: str, shard: str) -> ShardEmbeddings:
+def read_shard_embeddings(root: Location, model_id: str, kind: str, shard: str) -> ShardEmbeddings:
     """The task of one shard: its samples that have a ``kind`` embedding, with their metadata rows."""
     column = f"{kind}_embedding"
-    scores = pq.read_table(layout.score_path(root, model_id, shard), columns=["key", column])
+    scores = read_parquet(layout.score_path(root, model_id, shard), columns=["key", column])
     scores = scores.filter(pc.is_valid(scores.column(column)))
     embeddings = scores.column(column).combine_chunks()
     vectors = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(-1, embeddings.type.list_size)
     metadata_path = layout.parquet_path(root, shard)
-    present = set(pq.read_schema(metadata_path).names)
-    metadata = pq.read_table(metadata_path, columns=[name for name in ROWS_SCHEMA.names if name in present - {"shard"}])
+    present = set(read_parquet_schema(metadata_path).names)
+    metadata = read_parquet(metadata_path, columns=[name for name in ROWS_SCHEMA.names if name in present - {"shard"}])
     metadata = metadata.append_column("shard", pa.array([shard] * metadata.num_rows, pa.string()))
     rows = _rows_for(align_table(metadata, ROWS_SCHEMA), scores.column("key").to_pylist(), shard)
     return ShardEmbeddings(shard, rows, vectors)
 
 
-def _gather_embeddings(root: Path, model_id: str, kind: str, execution: Execution) -> tuple[pa.Table, np.ndarray]:
+def _gather_embeddings(root: Location, model_id: str, kind: str, execution: Execution) -> tuple[pa.Table, np.ndarray]:
     """Every complete shard's ``kind`` embeddings and index rows, in shard order."""
     record = layout.read_model_record(root, model_id) or {}
     if not record.get("keep_embeddings", True):
@@ -205,7 +226,7 @@ def _gather_embeddings(root: Path, model_id: str, kind: str, execution: Executio
         return ROWS_SCHEMA.empty_table(), np.zeros((0, int(record.get("embed_dim", 0))), np.float16)
     progress = StageProgress(f"index {kind}", tasks=len(shards), final_counts=_vector_counts)
     with using(sized(execution, len(shards))) as executor, progress:
-        parts = executor.run_tasks(read_shard_embeddings, [(str(root), model_id, kind, shard) for shard in shards],
+        parts = executor.run_tasks(read_shard_embeddings, [(root, model_id, kind, shard) for shard in shards],
                                    progress=progress)
     parts.sort(key=lambda part: part.shard)  # tasks finish in any order; ids follow the shards
     return pa.concat_tables([part.rows for part in parts]), np.concatenate([part.vectors for part in parts])
@@ -225,7 +246,7 @@ def _rows_for(metadata: pa.Table, keys: list[str], shard: str) -> pa.Table:
     return metadata.take(positions)
 
 
-def _info(folder: Path, marker: dict, *, rebuilt: bool) -> IndexInfo:
+def _info(folder: Location, marker: dict, *, rebuilt: bool) -> IndexInfo:
     return IndexInfo(
         folder=folder,
         version=marker["version"],
@@ -252,7 +273,7 @@ class LoadedIndex:
         return pc.index_in(pa.array(keys, pa.string()), value_set=self.rows.column("key").combine_chunks())
 
 
-_LOADED: dict[Path, LoadedIndex] = {}
+_LOADED: dict[Location, LoadedIndex] = {}
 
 
 def load_index(info: IndexInfo) -> LoadedIndex:
@@ -260,6 +281,35 @@ def load_index(info: IndexInfo) -> LoadedIndex:
     cached = _LOADED.get(info.folder)
     if cached is not None and cached.info.version == info.version:
         return cached
-    loaded = LoadedIndex(info, AnnIndex.load(info.version_dir), pq.read_table(info.version_dir / ROWS_FILE))
+    folder = info.version_dir.local_path() if info.version_dir.is_local else local_copy(info.version_dir)
+    loaded = LoadedIndex(info, AnnIndex.load(folder), read_parquet(layout.dataset(folder / ROWS_FILE)))
     _LOADED[info.folder] = loaded
     return loaded
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MMDATA_CACHE", Path.home() / ".cache" / "mmdata")) / INDEX_DIR
+
+
+def local_copy(version_dir: Location) -> Path:
+    """A local folder holding the files of a remote index version, downloaded once: the cache entry is
+    named by the version's URL and its files' sizes and ETags, and appears whole (renamed into place)."""
+    files = {name: entry for name, entry in version_dir.list().items() if entry["type"] == "file"}
+    identity = version_dir.url + "".join(f"\0{name}\0{entry['size']}\0{entry.get('etag')}"
+                                         for name, entry in sorted(files.items()))
+    cached = cache_root() / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    if cached.is_dir():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    try:
+        for name in files:
+            with (version_dir / name).open("rb") as source, open(staging / name, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+        os.replace(staging, cached)
+    except OSError:
+        if not cached.is_dir():  # another process that put the same entry in place first is fine
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cached

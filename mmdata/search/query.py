@@ -4,14 +4,15 @@ Text queries search image embeddings (text → image), image queries image embed
 and ``kind="text"`` searches caption embeddings instead (e.g. image → caption). A key query uses that
 sample's stored embedding of the searched kind (its neighbours; the sample itself comes first). The
 index is built on first use and rebuilt when the embeddings changed (:func:`build_index`), in this
-process: a query starts no executor (``mmdata index`` reads the shards in parallel).
+process: a query starts no executor (``mmdata index`` reads the shards in parallel). The dataset may
+be a URL (``s3://bucket/ds``): its index is downloaded once into a local cache
+(:func:`mmdata.search.index.local_copy`).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 from mmdata import layout
 from mmdata.search.encode import QueryEncoder, match_query_model, stored_spec
 from mmdata.search.index import KINDS, build_index, load_index, resolve_model_id
+from mmdata.storage import Location
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Hit:
 
 
 def search(
-    root: str | os.PathLike,
+    root: layout.Root,
     *,
     text: str | None = None,
     image: str | os.PathLike | bytes | None = None,
@@ -46,15 +48,17 @@ def search(
     model: str | None = None,
     pretrained: str | None = None,
     max_index_memory: str | int | None = None,
+    storage_options: dict | None = None,
 ) -> list[Hit]:
     """The ``k`` samples most similar to exactly one of ``text``, ``image`` (a file or bytes) or ``key``.
 
     ``model`` is a scored model id under ``DIR/scores/`` (default: the default model), or an open_clip
     model name / config to check against the stored one: a query model that differs from the one that
     made the embeddings is refused. ``pretrained`` points at the stored checkpoint if it moved.
-    ``view`` keeps only the samples of ``DIR/views/<view>.parquet``.
+    ``view`` keeps only the samples of ``DIR/views/<view>.parquet``. ``root`` may be a URL
+    (``storage_options`` for its filesystem).
     """
-    root = layout.local_path(root)
+    root = layout.dataset(root, storage_options)
     given = [name for name, value in (("text", text), ("image", image), ("key", key)) if value is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one query: text, image or key (got {given or 'none'})")
@@ -93,7 +97,7 @@ def search(
     return [Hit(similarity=float(similarity), **row) for similarity, row in zip(similarities, rows)]
 
 
-def _choose_model(root: Path, model: str | None, pretrained: str | None):
+def _choose_model(root: Location, model: str | None, pretrained: str | None):
     """(model id whose index to search, the query model's spec when the user named one)."""
     if model is None or model in layout.scored_models(root):
         return resolve_model_id(root, model), None

@@ -110,3 +110,31 @@ def test_shipped_pipelines_name_real_options(name):
             if entry["stage"] in ("dedup", "filter", "reshard", "report"):
                 options = {"root": options.pop("dataset"), **options}
             inspect.signature(function).bind(**options)
+
+
+URL_PIPELINE = """
+vars:
+  workdir: {workdir}
+stages:
+  - stage: filter
+    with: {{dataset: "${{workdir}}/data", view: "stored", storage_options: {{use_ssl: false}}}}
+  - stage: report
+    with: {{dataset: "${{workdir}}/data", output: "${{workdir}}/report.html", view: "stored"}}
+"""
+
+
+def test_a_pipeline_on_s3_runs_its_stages_there_and_skips_them_there(s3_bucket, tmp_path, capsys):
+    from mmdata.curate.view import read_view
+    from mmdata.storage import location
+
+    _write_dataset(f"{s3_bucket}/w/data")
+    path = tmp_path / "p.yaml"
+    path.write_text(URL_PIPELINE.format(workdir=tmp_path / "nowhere"))
+    assert cli_main(["run", str(path), "--set", f"workdir={s3_bucket}/w"]) == 0
+    assert read_view(f"{s3_bucket}/w/data", "stored").column("key").to_pylist() == [sample_key(0, 0, 10)]
+    report = location(f"{s3_bucket}/w/report.html").read_text()
+    assert "Curation report" in report and f"{s3_bucket}/w/data" in report
+    assert not (tmp_path / "nowhere").exists()
+    capsys.readouterr()
+    assert cli_main(["run", str(path), "--set", f"workdir={s3_bucket}/w"]) == 0
+    assert "[1/2] filter: complete, skipped" in capsys.readouterr().out  # its view is found on the bucket

@@ -86,7 +86,7 @@ def test_index_rebuilt_only_when_embeddings_change(shapes_dataset, tmp_path):
     write_parquet(table.slice(0, table.num_rows - 1), score_file, table.schema)  # one sample's score is gone
     rebuilt = build_index(root)
     assert rebuilt.rebuilt and rebuilt.version != first.version and rebuilt.count == first.count - 1
-    assert [path.name for path in rebuilt.folder.iterdir() if path.is_dir()] == [rebuilt.version]  # old version removed
+    assert [name for name, entry in rebuilt.folder.list().items() if entry["type"] == "directory"] == [rebuilt.version]
     assert read_index_info(root, model_id, "image").version == rebuilt.version
     assert build_index(root, force=True).version != rebuilt.version
     custom = build_index(root, max_index_memory="1GB")
