@@ -25,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -38,6 +39,25 @@ _T = TypeVar("_T")
 # Errors of the client's configuration (no credentials, a malformed request): no retry can change them.
 _CONFIGURATION_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "ParamValidationError", "NoRegionError",
                          "InvalidConfigError", "ProfileNotFound")
+
+
+_FORK_PINNED: list = []  # filled just before a fork; in the child the parent's filesystems stay referenced
+
+
+def _pin_filesystems() -> None:
+    """Before a fork (a DataLoader worker), reference every cached fsspec filesystem, so the child never
+    finalizes one: an s3fs instance finalized there closes its connections, which unregisters them
+    from the event loop's epoll that parent and child share, and the parent's next request hangs.
+    fsspec drops its instance cache in the child, and :attr:`Location.fs` builds the child its own."""
+    spec = sys.modules.get("fsspec.spec")
+    pending = [spec.AbstractFileSystem] if spec is not None else []
+    while pending:
+        kind = pending.pop()
+        pending.extend(kind.__subclasses__())
+        _FORK_PINNED.extend(kind.__dict__.get("_cache", {}).values())
+
+
+os.register_at_fork(before=_pin_filesystems, after_in_parent=_FORK_PINNED.clear)
 
 
 class StorageError(OSError):
@@ -89,6 +109,7 @@ class Location:
         """The filesystem; in a forked child (a DataLoader worker) a fresh instance: the parent's event
         loop and connections are not usable there."""
         if self._fs is not None and self._pid != os.getpid():
+            _FORK_PINNED.append(self._fs)  # the parent's: never finalized here (see _pin_filesystems)
             self._fs, self._pid = type(self._fs)(**self._fs.storage_options), os.getpid()
         return self._fs
 

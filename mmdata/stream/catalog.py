@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -18,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mmdata import layout
 from mmdata.stream.index import shard_members
-from mmdata.stream.source import LocalSource, Source, SourceError
+from mmdata.stream.source import Source, SourceError
 from mmdata.table import read_table
 
 CORE_COLUMNS = ("key", "shard", "tar_offset", "tar_size")
@@ -37,10 +39,10 @@ class Catalog:
 
 
 def list_shards(source: Source) -> list[str]:
-    """Complete shards (``_stats.json`` present) where the source can list; else ``manifest.json``."""
-    names = source.list_names("*_stats.json")
-    if names is not None:
-        shards = sorted(name[: -len("_stats.json")] for name in names if "/" not in name)
+    """Complete shards (``_stats.json`` present) where the source can list; else ``manifest.json``.
+    Either way in shard order (by number)."""
+    shards = source.shards()
+    if shards is not None:
         if not shards:
             raise ValueError(
                 f"{source.location} holds no complete shard (no NNNNN_stats.json): is it a dataset folder?"
@@ -58,7 +60,7 @@ def list_shards(source: Source) -> list[str]:
         shards.append(entry if isinstance(entry, str) else str(entry.get("shard", entry.get("name"))))
     if not shards:
         raise ValueError(f"{source.location}/manifest.json lists no shards")
-    return sorted(shards)
+    return sorted(shards, key=layout.shard_order)
 
 
 def build_catalog(
@@ -82,8 +84,10 @@ def build_catalog(
         selected = _view_samples(source, _view_table(source, view), shards, metadata)
     if columns:
         selected = _attach_columns(source, selected, columns, metadata)
+    shard_rank = pc.index_in(selected.column("shard"), value_set=pa.array(shards, pa.string()))
     order = pc.sort_indices(
-        selected, sort_keys=[("shard", "ascending"), ("tar_offset", "ascending")]
+        selected.append_column("shard_rank", shard_rank),
+        sort_keys=[("shard_rank", "ascending"), ("tar_offset", "ascending")],
     )
     table = selected.take(order)
     shard_names, shard_sizes = _group_sizes(table.column("shard"))
@@ -104,14 +108,27 @@ class _MetadataCache:
 
     def get(self, shard: str) -> pa.Table | None:
         if shard not in self._tables:
-            try:
-                self._tables[shard] = pq.read_table(io.BytesIO(self.source.read_file(f"{shard}.parquet")))
-            except SourceError:
-                self._tables[shard] = None
+            self._tables[shard] = self._read(shard)
         return self._tables[shard]
+
+    def load(self, shards: list[str]) -> None:
+        """Read the metadata of ``shards`` now, several at once where the source reads concurrently
+        (an object store: not one round trip per shard in turn)."""
+        wanted = [shard for shard in shards if shard not in self._tables]
+        if self.source.read_threads <= 1 or len(wanted) <= 1:
+            return
+        with ThreadPoolExecutor(self.source.read_threads, thread_name_prefix="mmdata-stream-metadata") as pool:
+            self._tables.update(zip(wanted, pool.map(self._read, wanted)))
+
+    def _read(self, shard: str) -> pa.Table | None:
+        try:
+            return pq.read_table(io.BytesIO(self.source.read_file(f"{shard}.parquet")))
+        except SourceError:
+            return None
 
 
 def _all_samples(shards: list[str], metadata: _MetadataCache) -> pa.Table:
+    metadata.load(shards)
     pieces = []
     for shard in shards:
         members = shard_members(metadata.source, shard, metadata.get(shard))
@@ -162,14 +179,17 @@ def _view_samples(source: Source, view: pa.Table, shards: list[str], metadata: _
 
 
 def _attach_columns(source: Source, selected: pa.Table, columns: list[str], metadata: _MetadataCache) -> pa.Table:
-    values = _column_values(source, sorted(set(selected.column("shard").to_pylist())), columns, metadata)
+    shards = sorted(set(selected.column("shard").to_pylist()), key=layout.shard_order)
+    metadata.load(shards)
+    values = _column_values(source, shards, columns, metadata)
     joined = selected.join(values, "key", join_type="left outer")
     return joined
 
 
 def _column_values(source: Source, shards: list[str], columns: list[str], metadata: _MetadataCache) -> pa.Table:
     """``key`` + ``columns`` for the given shards, from the shard metadata, or from ``read_table``
-    (scores and annotations joined) for a local dataset when some column is not in the metadata."""
+    (scores and annotations joined) when some column is not in the metadata and the dataset is not
+    read over http."""
     pieces = []
     for shard in shards:
         table = metadata.get(shard)
@@ -179,13 +199,13 @@ def _column_values(source: Source, shards: list[str], columns: list[str], metada
         pieces.append(table.select(["key", *columns]))
     if pieces is not None:
         return pa.concat_tables(pieces) if pieces else pa.table({"key": pa.array([], pa.string())})
-    if not isinstance(source, LocalSource):
+    if source.dataset is None:
         raise ValueError(
             f"columns {columns} are not all in the shard metadata of {source.location}; "
-            "score and annotation columns are read for local datasets only"
+            "score and annotation columns are not read over http(s): stream a local folder or a store URL"
         )
     try:
-        table = read_table(source.root, columns=["key", *columns])
+        table = read_table(source.dataset, columns=["key", *columns])
     except ValueError as error:
         raise ValueError(f"cannot stream columns {columns} from {source.location}: {error}") from error
     return table
@@ -196,7 +216,7 @@ def _group_sizes(shard_column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
         return [], np.zeros(0, dtype=np.int64)
     encoded = pc.value_counts(shard_column)
     counts = dict(zip(encoded.field("values").to_pylist(), encoded.field("counts").to_pylist()))
-    names = sorted(counts)
+    names = sorted(counts, key=layout.shard_order)
     return names, np.array([counts[name] for name in names], dtype=np.int64)
 
 

@@ -23,25 +23,28 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmdata.schemas.members import caption_member, image_member
+from mmdata.storage import Location
 from mmdata.stream import partition
 from mmdata.stream.catalog import Catalog, build_catalog
 from mmdata.stream.loader import StreamingDataLoader
 from mmdata.stream.options import StreamOptions
-from mmdata.stream.reader import StreamError, plan_runs, prefetched, read_run
+from mmdata.stream.reader import StreamError, plan_runs, read_ahead, read_run
 from mmdata.stream.resume import ConsumedCounts, ResumeState
 from mmdata.stream.source import Source, open_source
 
-PREFETCH_RUNS = 2  # coalesced reads in flight ahead of decoding, per worker
+PREFETCH_RUNS = 2  # coalesced reads ready ahead of decoding, per worker (at least one per read thread)
 
 
 def stream(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Location,
     *,
     view: str | pa.Table | Iterable[str] | None = None,
     options: StreamOptions | None = None,
+    storage_options: dict | None = None,
     **option_values,
 ) -> StreamingDataset:
-    """Stream a dataset folder (local, ``http(s)://`` or an fsspec URL) or one of its views.
+    """Stream a dataset folder (local, ``http(s)://``, or any fsspec URL such as ``s3://bucket/ds``,
+    whose filesystem gets ``storage_options``) or one of its views.
 
     Every sample of the view is yielded once per epoch across all ranks and DataLoader workers, in
     an order fixed by (seed, epoch). ``view``: a view name (``DIR/views/NAME.parquet``), an Arrow
@@ -52,7 +55,7 @@ def stream(
     topology; ``on_error="skip"`` counts unreadable samples in ``skipped`` instead of raising.
     """
     resolved = StreamOptions.from_options(options, **option_values).resolved()
-    source = open_source(path)
+    source = open_source(path, storage_options)
     return StreamingDataset(build_catalog(source, view=view, columns=resolved.columns), source, resolved)
 
 
@@ -186,12 +189,15 @@ class StreamingDataset(IterableDataset):
         keys = table.column("key").take(pa.array(read_order)).to_pylist()
         extra = {name: table.column(name).take(pa.array(read_order)).to_pylist() for name in options.columns}
         shard_ids, sizes = self._shard_ids[read_order], self._sizes[read_order]
-        runs = plan_runs(np.sort(emit), shard_ids, self._offsets[read_order], sizes, self.catalog.shards)
-        reads = (
-            (run, read_run(self.source, run, [keys[p] for p in run.positions], sizes[run.positions].tolist()))
-            for run in runs
+        source = self.source
+        runs = plan_runs(np.sort(emit), shard_ids, self._offsets[read_order], sizes, self.catalog.shards,
+                         max_gap=source.coalesce_gap)
+        fetched = read_ahead(
+            runs,
+            lambda run: read_run(source, run, [keys[p] for p in run.positions], sizes[run.positions].tolist()),
+            depth=max(PREFETCH_RUNS, source.read_threads),
+            threads=source.read_threads,
         )
-        fetched = prefetched(reads, PREFETCH_RUNS)
         held: dict[int, Any] = {}  # read, not yet emitted: at most shuffle_buffer + one run
         lost = 0
         try:

@@ -1,13 +1,16 @@
 """Reading samples' bytes: adjacent byte ranges are coalesced into one read (a whole shard becomes
-one sequential pass), each run is parsed with the safe tar reader, and a failure is pinned to the
+one sequential pass; on an object store, ranges a small gap apart too, and several reads are in
+flight at once), each run is parsed with the safe tar reader, and a failure is pinned to the
 exact samples it cost."""
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -28,12 +31,14 @@ class StreamError(RuntimeError):
 
 @dataclass(frozen=True)
 class Run:
-    """Positions (into a worker's read order) whose bytes are one contiguous range of one shard."""
+    """Positions (into a worker's read order) whose bytes lie in one range of one shard, read at once;
+    ``starts`` are where each position's bytes begin in the range (any gaps are read and dropped)."""
 
     shard: str
     offset: int
     size: int
     positions: list[int]
+    starts: list[int]
 
 
 def plan_runs(
@@ -44,22 +49,27 @@ def plan_runs(
     shard_names: list[str],
     *,
     max_bytes: int = MAX_RUN_BYTES,
+    max_gap: int = 0,
 ) -> Iterator[Run]:
-    """Group ``positions`` (ascending) into runs of adjacent bytes, each at most ``max_bytes``
-    (a single larger sample is its own run)."""
+    """Group ``positions`` (ascending) into runs of one shard whose samples follow each other with at
+    most ``max_gap`` unselected bytes between them, each run spanning at most ``max_bytes`` (a single
+    larger sample is its own run)."""
     if len(positions) == 0:
         return
     shard_ids, offsets, sizes = shard_ids[positions], offsets[positions], sizes[positions]
-    breaks = np.flatnonzero((shard_ids[1:] != shard_ids[:-1]) | (offsets[1:] != offsets[:-1] + sizes[:-1])) + 1
+    gaps = offsets[1:] - (offsets[:-1] + sizes[:-1])
+    breaks = np.flatnonzero((shard_ids[1:] != shard_ids[:-1]) | (gaps < 0) | (gaps > max_gap)) + 1
     starts = np.concatenate([[0], breaks])
     stops = np.concatenate([breaks, [len(positions)]])
+    ends = offsets + sizes
     for start, stop in zip(starts.tolist(), stops.tolist()):
         while start < stop:
-            end, total = start, 0
-            while end < stop and (end == start or total + sizes[end] <= max_bytes):
-                total += int(sizes[end])
+            end = start + 1
+            while end < stop and ends[end] - offsets[start] <= max_bytes:
                 end += 1
-            yield Run(shard_names[shard_ids[start]], int(offsets[start]), total, positions[start:end].tolist())
+            first = int(offsets[start])
+            yield Run(shard_names[shard_ids[start]], first, int(ends[end - 1]) - first,
+                      positions[start:end].tolist(), (offsets[start:end] - first).tolist())
             start = end
 
 
@@ -74,16 +84,16 @@ def read_run(source: Source, run: Run, keys: list[str], sizes: list[int]) -> lis
     except OSError as error:
         return [StreamError(run.shard, key, f"read failed: {error}") for key in keys]
     if len(blob) == run.size:
-        parsed = parse_plain_ustar(blob, keys)
+        selected = blob if sum(sizes) == run.size else b"".join(
+            blob[start : start + size] for start, size in zip(run.starts, sizes)
+        )
+        parsed = parse_plain_ustar(selected, keys)
         if parsed is not None:
             return parsed
-    results: list[dict[str, bytes] | StreamError] = []
-    start = 0
-    for key, size in zip(keys, sizes):
-        piece = blob[start : start + size]
-        start += size
-        results.append(_parse_one(run.shard, key, piece, size))
-    return results
+    return [
+        _parse_one(run.shard, key, blob[start : start + size], size)
+        for key, start, size in zip(keys, run.starts, sizes)
+    ]
 
 
 def _parse_one(shard: str, key: str, piece: bytes, size: int) -> dict[str, bytes] | StreamError:
@@ -140,6 +150,30 @@ def parse_plain_ustar(blob: bytes, keys: list[str]) -> list[dict[str, bytes]] | 
             current_key = key
         samples[-1][extension] = blob[start : start + size]
     return samples if len(samples) == len(keys) else None
+
+
+def read_ahead(
+    runs: Iterator[Run], read: Callable[[Run], T], *, depth: int, threads: int = 1
+) -> Iterator[tuple[Run, T]]:
+    """``(run, read(run))`` in the order of ``runs``, up to ``depth`` runs read ahead by ``threads``
+    threads at once (one: :func:`prefetched`). Errors surface in order; leaving early cancels the rest."""
+    if threads <= 1:
+        yield from prefetched(((run, read(run)) for run in runs), depth)
+        return
+    pending: collections.deque[tuple[Run, Future]] = collections.deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="mmdata-stream-read") as pool:
+        try:
+            for run in runs:
+                pending.append((run, pool.submit(read, run)))
+                if len(pending) >= max(depth, 1):
+                    oldest, future = pending.popleft()
+                    yield oldest, future.result()
+            while pending:
+                oldest, future = pending.popleft()
+                yield oldest, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def prefetched(produce: Iterator[T], depth: int) -> Iterator[T]:

@@ -1,8 +1,9 @@
 """Where a dataset's files are read from: a local folder, an http(s) URL (ranged GETs against any
-static file server) or any fsspec URL. A source reads whole small files and byte ranges of tars.
+static file server) or any fsspec URL (through :class:`mmdata.storage.Location`). A source reads
+whole small files and byte ranges of tars.
 
-Sources are created in the process that reads (each DataLoader worker opens its own handles and
-connections), so they pickle as their location only.
+Each process that reads opens its own handles and connections (a DataLoader worker never reuses its
+parent's), so a source pickles as its location only (an fsspec one with its filesystem's options).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import re
 import urllib.parse
 from pathlib import Path
 
+from mmdata import layout
+from mmdata.storage import Location
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
 class SourceError(OSError):
     """A file could not be read from the dataset's location (missing, short, no range support)."""
 
@@ -28,6 +30,9 @@ class Source:
     """Reads files relative to a dataset root."""
 
     location: str
+    dataset: Location | None = None  # the root, where the rest of mmdata can read it (not over http)
+    read_threads = 1  # range reads in flight at once (1: one background reader, as for a local disk)
+    coalesce_gap = 0  # unselected bytes between two samples that one range read may span
 
     def read_file(self, name: str) -> bytes:
         raise NotImplementedError
@@ -35,8 +40,8 @@ class Source:
     def read_range(self, name: str, offset: int, size: int) -> bytes:
         raise NotImplementedError
 
-    def list_names(self, pattern: str) -> list[str] | None:
-        """Names matching a glob relative to the root, or ``None`` where listing is impossible."""
+    def shards(self) -> list[str] | None:
+        """Complete shards in shard order, or ``None`` where the root cannot be listed."""
         return None
 
     def cache_token(self, name: str) -> str:
@@ -57,6 +62,7 @@ class LocalSource(Source):
     def __init__(self, location: str | os.PathLike):
         self.location = str(location)
         self.root = Path(location)
+        self.dataset = layout.dataset(self.root)
         self._handles: dict[str, int] = {}
         self._pid = os.getpid()
 
@@ -76,8 +82,8 @@ class LocalSource(Source):
             handle = self._handles[name] = os.open(self.root / name, os.O_RDONLY)
         return os.pread(handle, size, offset)
 
-    def list_names(self, pattern: str) -> list[str]:
-        return sorted(str(path.relative_to(self.root)) for path in self.root.glob(pattern))
+    def shards(self) -> list[str]:
+        return layout.complete_shards(self.dataset)
 
     def cache_token(self, name: str) -> str:
         stat = (self.root / name).stat()
@@ -166,53 +172,54 @@ class HttpSource(Source):
         return self._connection
 
 
-class FsspecSource(Source):
-    """Any filesystem fsspec knows (s3://, gs://, hf://, ...), where its package is installed."""
+class StoreSource(Source):
+    """Any fsspec filesystem (s3://, gs://, hf://, memory://, ...) through :class:`mmdata.storage.Location`:
+    its ``storage_options`` and retries apply, and a forked DataLoader worker gets its own filesystem
+    instance (never its parent's event loop or connections). Several ranges may be read at once."""
 
-    def __init__(self, location: str):
-        try:
-            import fsspec
-        except ImportError as error:
-            raise ValueError(
-                f"reading {location!r} needs fsspec: pip install fsspec (and the filesystem's package)"
-            ) from error
-        self.location = location.rstrip("/")
-        try:
-            self._fs, self._root = fsspec.core.url_to_fs(self.location)
-        except (ImportError, ValueError) as error:
-            raise ValueError(
-                f"no fsspec filesystem for {location!r}: {error} (install the filesystem's package)"
-            ) from error
+    read_threads = 8  # concurrent range reads per process: a remote view is not one round trip at a time
+    coalesce_gap = 64 * 1024  # unselected bytes worth reading through rather than paying another request
+
+    def __init__(self, root: Location):
+        self.dataset = root
+        self.location = root.url
 
     def read_file(self, name: str) -> bytes:
         try:
-            return self._fs.cat_file(f"{self._root}/{name}")
+            return (self.dataset / name).read_bytes()
         except FileNotFoundError as error:
             raise SourceError(f"{self.location}/{name} does not exist") from error
 
     def read_range(self, name: str, offset: int, size: int) -> bytes:
-        return self._fs.cat_file(f"{self._root}/{name}", start=offset, end=offset + size)
+        if size <= 0:
+            return b""
+        return (self.dataset / name).read_range(offset, size)
 
-    def list_names(self, pattern: str) -> list[str]:
-        prefix = self._root.rstrip("/") + "/"
-        return sorted(
-            path[len(prefix) :] if path.startswith(prefix) else path for path in self._fs.glob(prefix + pattern)
-        )
+    def shards(self) -> list[str]:
+        return layout.complete_shards(self.dataset)
 
     def cache_token(self, name: str) -> str:
-        info = self._fs.info(f"{self._root}/{name}")
-        return f"{self.location}/{name}:{info.get('size')}:{info.get('mtime') or info.get('ETag') or info.get('etag')}"
+        info = (self.dataset / name).info()  # a replaced shard has a new ETag (or size)
+        return f"{self.location}/{name}:{info['size']}:{info['etag']}"
+
+    def __getstate__(self) -> dict:
+        return {"dataset": self.dataset}  # a Location pickles with its filesystem's options
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["dataset"])
 
 
-def open_source(location: str | os.PathLike) -> Source:
-    """A local folder, an ``http(s)://`` URL, or any other ``protocol://`` URL through fsspec."""
-    text = str(location)
+def open_source(path: str | os.PathLike | Location, storage_options: dict | None = None) -> Source:
+    """A local folder, an ``http(s)://`` URL (plain ranged GETs), or any other fsspec URL or Location."""
+    text = path.url if isinstance(path, Location) else os.fspath(path)
     scheme = urllib.parse.urlsplit(text).scheme if "://" in text else ""
-    if not scheme or scheme == "file":
-        path = Path(text[len("file://") :] if scheme == "file" else text)
-        if not path.is_dir():
-            raise ValueError(f"dataset folder {path} does not exist")
-        return LocalSource(path)
-    if scheme in ("http", "https"):
+    if scheme in ("http", "https") and not isinstance(path, Location):
+        if storage_options:
+            raise ValueError(f"storage_options do not apply to {text!r}: http(s) datasets are read with plain GETs")
         return HttpSource(text)
-    return FsspecSource(text)
+    root = layout.dataset(path, storage_options)
+    if root.is_local:
+        if not root.is_dir():
+            raise ValueError(f"dataset folder {root.url} does not exist")
+        return LocalSource(root.local_path())
+    return StoreSource(root)

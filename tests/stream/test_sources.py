@@ -43,7 +43,7 @@ def test_fsspec_memory_filesystem(dataset_factory):
 
     root, keys = dataset_factory([3, 5])
     memory = fsspec.filesystem("memory")
-    for path in root.iterdir():
+    for path in (path for path in root.iterdir() if path.is_file()):
         memory.pipe_file(f"/streamtest/{path.name}", path.read_bytes())
     items = list(mmdata.stream("memory://streamtest", shuffle=False, columns=["quality"]))
     assert [item["key"] for item in items] == keys
