@@ -4,8 +4,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
-from http_server import TestHTTPServer
+from loop_input import loop_input
 
 import mmdata
 from mmdata.execution import EXECUTORS
@@ -13,23 +12,6 @@ from mmdata.score.model import tiny_model_config, write_model_config
 
 # Fields of a stats file that time the run rather than describe its data.
 _TIMING = {"duration", "start_time", "end_time"}
-
-
-@pytest.fixture(scope="module")
-def server():
-    started = TestHTTPServer().start()
-    yield started
-    started.stop()
-
-
-def _input(server, folder: Path) -> Path:
-    names = [f"agree-{index:02d}" for index in range(20)]
-    urls = [server.url(f"/img/{name}.jpg?w=96&h=72") for name in names]
-    urls += [server.url(f"/img/{names[0]}.jpg?w=96&h=72&copy=1")]  # the same bytes again: an exact duplicate
-    urls += [server.url("/img/agree-gif.gif?w=40&h=40&mode=P"), server.url("/status/404")]
-    path = folder / "urls.jsonl"
-    path.write_text("".join(json.dumps({"url": url, "caption": f"picture {i}"}) + "\n" for i, url in enumerate(urls)))
-    return path
 
 
 def _run_loop(folder: Path, urls: Path, model: Path, executor: str) -> Path:
@@ -71,7 +53,7 @@ def _without_timing(value):
 
 
 def test_every_executor_writes_the_same_datasets(server, ray_local, tmp_path):
-    urls = _input(server, tmp_path)
+    urls = loop_input(server, tmp_path, "agree")
     model = write_model_config(tmp_path / "models" / "tiny.json", tiny_model_config())
     contents = {executor: _contents(_run_loop(tmp_path / executor, urls, model, executor)) for executor in EXECUTORS}
     reference = contents["ray"]

@@ -4,12 +4,11 @@ search → report. Each step's outputs are compared with the same step on a loca
 
 from __future__ import annotations
 
-import json
 import traceback
 from pathlib import Path
 
 import pytest
-from http_server import TestHTTPServer
+from loop_input import loop_input
 
 import mmdata
 from mmdata import layout
@@ -23,23 +22,6 @@ EXECUTION = dict(executor="processes", workers=2)
 _RUN_FIELDS = {"duration", "start_time", "end_time", "attempt", "generation", "objects", "last_run",
                "last_run_seconds", "scored_at", "created", "source", "output_dir", "options", "seconds", "root",
                "dataset"}
-
-
-@pytest.fixture(scope="module")
-def server():
-    started = TestHTTPServer().start()
-    yield started
-    started.stop()
-
-
-def _input(server, folder: Path) -> Path:
-    names = [f"s3loop-{index:02d}" for index in range(20)]
-    urls = [server.url(f"/img/{name}.jpg?w=96&h=72") for name in names]
-    urls += [server.url(f"/img/{names[0]}.jpg?w=96&h=72&copy=1")]  # the same bytes again: an exact duplicate
-    urls += [server.url("/img/s3loop-gif.gif?w=40&h=40&mode=P"), server.url("/status/404")]
-    path = folder / "urls.jsonl"
-    path.write_text("".join(json.dumps({"url": url, "caption": f"picture {i}"}) + "\n" for i, url in enumerate(urls)))
-    return path
 
 
 def _keys_collate(items):
@@ -128,7 +110,7 @@ def run_loop(data: str, resharded: str, urls: Path, model: Path, report: Path) -
 
 
 def test_the_loop_on_s3_matches_the_loop_on_a_local_folder(s3, s3_bucket, server, tmp_path):
-    urls = _input(server, tmp_path)
+    urls = loop_input(server, tmp_path, "s3loop")
     model = write_model_config(tmp_path / "models" / "tiny.json", tiny_model_config())
     local = run_loop(str(tmp_path / "local" / "data"), str(tmp_path / "local" / "resharded"), urls, model,
                      tmp_path / "local-report.html")
