@@ -35,9 +35,11 @@ def old_webdataset_path():
     return target
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3():
-    """moto's S3 server on 127.0.0.1 behind a fault proxy (tests/s3_server.py), for the whole session.
+    """moto's S3 server on 127.0.0.1 behind a fault proxy (tests/s3_server.py), for one test module:
+    stopped after it, so that it shares no CPU with the timing-sensitive tests that run later (the
+    100k-row fetcher load test missed deadlines on a few retried rows while one stayed up).
 
     The AWS_* variables point every client at it from here on: this process, and the processes it
     starts later (subprocesses, Ray nodes started after this, and the processes executor's workers:
