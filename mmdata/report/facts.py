@@ -1,7 +1,8 @@
 """What a report says, gathered from a dataset folder: whichever stages ran, and nothing else.
 
 Each stage leaves its own trace (``manifest.json`` and shard stats, ``scores/<model>/``,
-``annotations/dedup.parquet``, ``views/<name>.parquet``); a stage that left none is reported as not run.
+``annotations/dedup.parquet``, ``views/<name>.parquet``, and for a balanced view
+``balance/<name>.entry_counts.parquet``); a stage that left none is reported as not run.
 The folder may be a URL (``s3://bucket/ds``).
 """
 
@@ -15,11 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmdata import layout
+from mmdata.schemas.balance import BALANCE_KEY
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY
-from mmdata.storage import Location, read_parquet_schema
+from mmdata.storage import Location, read_parquet, read_parquet_schema
 from mmdata.storage.parquet import read_parquet_rows
 
 THRESHOLD_RULES = ("min_clip_score", "top_fraction")
+DEDUP_KEY = b"mmdata.dedup"  # dedup.parquet's settings (mmdata.curate.dedup.DEDUP_METADATA_KEY)
 
 
 @dataclass
@@ -29,6 +32,17 @@ class ViewFacts:
     rules: dict
     funnel: object  # the view's own per-rule funnel, as the filter stage wrote it
     threshold: float | None  # the clip_score cut-off its rules imply, if any
+    balance: dict | None = None  # a balanced view's settings and totals (mmdata balance), else None
+
+
+@dataclass
+class BalanceFacts:
+    """A balanced view's per-entry counts (``mmdata balance``): before (``count``) and after (``kept``)."""
+
+    view: str
+    summary: dict  # t, seed, entries, pool, matched, kept, from_view, ... (BALANCE_KEY)
+    entry_counts: pa.Table | None  # entry, count, kept; None when its file is gone
+    entry_counts_path: Location
 
 
 @dataclass
@@ -40,6 +54,7 @@ class ReportFacts:
     dedup_metadata: dict | None = None
     views: list[ViewFacts] = field(default_factory=list)
     view: ViewFacts | None = None  # the one whose threshold the score sections show
+    balances: list[BalanceFacts] = field(default_factory=list)
 
     @property
     def scored(self) -> bool:
@@ -48,6 +63,13 @@ class ReportFacts:
     @property
     def deduplicated(self) -> bool:
         return self.table is not None and "dup_reason" in self.table.column_names
+
+    @property
+    def semantic_check(self) -> dict | None:
+        """The dedup stage's check of its semantic tier (a verdict and its numbers), when it made one."""
+        settings = (self.dedup_metadata or {}).get(DEDUP_KEY.decode())
+        check = settings.get("semantic_check") if isinstance(settings, dict) else None
+        return check if isinstance(check, dict) else None
 
 
 def gather(root: layout.Root, *, view: str | None = None, storage_options: dict | None = None) -> ReportFacts:
@@ -75,6 +97,7 @@ def gather(root: layout.Root, *, view: str | None = None, storage_options: dict 
     views_dir = layout.views_dir(root)
     for name in views_dir.names(".parquet"):
         facts.views.append(_view_facts(views_dir / name, table))
+    facts.balances = [_balance_facts(root, v) for v in facts.views if v.balance is not None]
     if view is not None:
         matches = [v for v in facts.views if v.name == view]
         if not matches:
@@ -91,14 +114,38 @@ def _view_facts(path: Location, table: pa.Table | None) -> ViewFacts:
     metadata = schema.metadata or {}
     rules = json.loads(metadata[RULES_KEY]) if RULES_KEY in metadata else {}
     funnel = json.loads(metadata[FUNNEL_KEY]) if FUNNEL_KEY in metadata else None
+    balance = _json_dict(metadata.get(BALANCE_KEY))
     rows = read_parquet_rows(path)
     return ViewFacts(name=path.name.removesuffix(".parquet"), rows=rows, rules=rules, funnel=funnel,
-                     threshold=_threshold(rules, table))
+                     threshold=_threshold(rules, table), balance=balance)
+
+
+def _balance_facts(root: Location, view: ViewFacts) -> BalanceFacts:
+    """The entry-count table a balanced view names (a path inside the dataset), read when present."""
+    relative = str(view.balance.get("entry_counts") or f"balance/{view.name}.entry_counts.parquet")
+    parts = relative.split("/")
+    if relative.startswith("/") or ".." in parts or "" in parts:
+        raise ValueError(f"view {view.name} names entry counts outside the dataset: {relative!r}")
+    path = root
+    for part in parts:
+        path = path / part
+    counts = read_parquet(path, columns=["entry", "count", "kept"]) if path.exists() else None
+    return BalanceFacts(view=view.name, summary=view.balance, entry_counts=counts, entry_counts_path=path)
+
+
+def _json_dict(value: bytes | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 def _threshold(rules: dict, table: pa.Table | None) -> float | None:
     """The clip_score cut-off of a view: its absolute rule, or the quantile its top fraction implies."""
-    flat = _flatten(rules)
+    flat = flatten(rules)
     for name, value in flat.items():  # the cut-off the filter resolved and recorded, when it did
         if name.endswith(".threshold") and isinstance(value, (int, float)):
             return float(value)
@@ -116,16 +163,17 @@ def _threshold(rules: dict, table: pa.Table | None) -> float | None:
     return None
 
 
-def _flatten(payload, prefix: str = "") -> dict:
+def flatten(payload, prefix: str = "") -> dict:
+    """Nested dicts and lists as one dict of leaves under dotted names (``rules.0.threshold``)."""
     if isinstance(payload, dict):
         flat = {}
         for name, value in payload.items():
-            flat.update(_flatten(value, f"{prefix}{name}."))
+            flat.update(flatten(value, f"{prefix}{name}."))
         return flat
     if isinstance(payload, list):
         flat = {}
         for position, value in enumerate(payload):
-            flat.update(_flatten(value, f"{prefix}{position}."))
+            flat.update(flatten(value, f"{prefix}{position}."))
         return flat
     return {prefix.rstrip("."): payload}
 

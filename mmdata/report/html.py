@@ -25,7 +25,7 @@ import mmdata
 from mmdata import layout
 from mmdata.atomic import atomic_file
 from mmdata.report import plots
-from mmdata.report.facts import ReportFacts, gather
+from mmdata.report.facts import BalanceFacts, ReportFacts, flatten, gather
 from mmdata.schemas.members import image_member
 from mmdata.schemas.samples import SUCCESS
 from mmdata.shards import ShardFormatError, samples_in_range
@@ -38,6 +38,7 @@ SECTIONS = (
     ("scores", "CLIP score distribution"),
     ("threshold", "Samples at the threshold"),
     ("duplicates", "Duplicate clusters"),
+    ("balance", "Entry balancing (MetaCLIP)"),
     ("provenance", "Provenance of every stage"),
 )
 THUMBNAIL_SIDE = 128
@@ -76,6 +77,7 @@ def write_report(root: layout.Root, output: str | os.PathLike | Location, *, vie
         "scores": _scores_section(facts),
         "threshold": _threshold_section(facts, thumbnails, grid_size),
         "duplicates": _duplicates_section(facts, thumbnails, clusters_per_tier),
+        "balance": _balance_section(facts),
         "provenance": _provenance_section(facts),
     }
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -253,7 +255,84 @@ def _duplicates_section(facts: ReportFacts, thumbnails: "_Thumbnails", clusters_
                 label = tier if similarity is None or similarity[i] is None else f"{tier} {similarity[i]:.3f}"
                 figures.append(_figure(thumbnails, table, i, label))
             parts.append('<div class="cluster grid">' + "".join(figures) + "</div>")
+    if facts.semantic_check is not None:
+        parts.append(_semantic_check(facts.semantic_check))
     return "".join(parts)
+
+
+def _semantic_check(check: dict) -> str:
+    """The dedup stage's check of its semantic tier: the verdict, then every number it measured."""
+    parts = ["<h3>Semantic tier check</h3>"]
+    if check.get("verdict") is not None:
+        parts.append(f'<p class="verdict"><b>Verdict:</b> {_e(str(check["verdict"]))}</p>')
+    numbers = [[name, f"{value:.4g}" if isinstance(value, float) else f"{value:,}"]
+               for name, value in flatten(check).items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if numbers:
+        parts.append(_table(["measure", "value"], numbers))
+    return "".join(parts)
+
+
+_HEAD_ENTRIES = 15
+
+
+def _balance_section(facts: ReportFacts) -> str:
+    if not facts.balances:  # an optional stage, not a step of the loop: a plain note, not "not run"
+        return ("<p>No balanced view in this dataset. <code>mmdata balance DIR --metadata entries.txt</code> "
+                "caps each entry's matched samples at about t (MetaCLIP).</p>")
+    return "".join(_balanced_view(balance) for balance in facts.balances)
+
+
+def _balanced_view(balance: BalanceFacts) -> str:
+    summary = balance.summary
+    t = int(summary.get("t", 0))
+    pool, matched, kept = (int(summary.get(name, 0)) for name in ("pool", "matched", "kept"))
+    source = f"the successful samples of view <code>{_e(str(summary['from_view']))}</code>" \
+        if summary.get("from_view") else "every successful sample"
+    parts = [
+        f"<h3>View <code>{_e(balance.view)}</code></h3>",
+        f"<p>Pool: {source}. Entry list <code>{_e(str(summary.get('metadata', '?')))}</code>, "
+        f"{int(summary.get('entries', 0)):,} entries, {int(summary.get('entries_matched', 0)):,} matched, "
+        f"{int(summary.get('head_entries', 0)):,} above t = {t:,} (seed {summary.get('seed', 0)}). "
+        f"Kept fraction: <b>{_share(kept, pool)}</b> of the pool, {_share(kept, matched)} of the matched samples.</p>",
+        _table(["samples", "count", "share of pool"], [
+            ["pool", f"{pool:,}", _share(pool, pool)],
+            ["matched an entry", f"{matched:,}", _share(matched, pool)],
+            ["kept", f"{kept:,}", _share(kept, pool)],
+        ]),
+    ]
+    if balance.entry_counts is None:
+        parts.append(f"<p>The per-entry counts ({_e(str(balance.entry_counts_path))}) are missing: "
+                     "re-run mmdata balance to draw the distribution.</p>")
+        return "".join(parts)
+    entries = balance.entry_counts.column("entry").to_pylist()
+    before = balance.entry_counts.column("count").to_numpy(zero_copy_only=False).astype(np.int64)
+    after = balance.entry_counts.column("kept").to_numpy(zero_copy_only=False).astype(np.int64)
+    chart = plots.entry_count_curves(before, after, t, "Matched samples per entry, largest first")
+    parts.append(f'<img class="chart" alt="entry counts before and after balancing" src="{chart}">')
+    parts.append(f"<h4>Head: the {min(_HEAD_ENTRIES, int((before > 0).sum()))} entries with the most samples</h4>")
+    head = [i for i in np.argsort(-before, kind="stable")[:_HEAD_ENTRIES] if before[i] > 0]
+    parts.append(_table(["entry", "count before", "min(count, t)", "kept", "kept / count"], [
+        [entries[i], f"{before[i]:,}", f"{min(before[i], t):,}", f"{after[i]:,}", _share(after[i], before[i])]
+        for i in head
+    ]))
+    parts.append("<p>A sample that matches one entry is kept with probability min(1, t / count), so such an "
+                 "entry keeps min(count, t) give or take the binomial spread. A sample matching several entries "
+                 "is kept when any of them keeps it and counts for each: head entries end above t by those "
+                 "riders.</p>")
+    parts.append("<h4>Head and tail</h4>")
+    groups = [("head (count > t)", before > t), ("tail (1 ≤ count ≤ t)", (before > 0) & (before <= t)),
+              ("never matched", before == 0)]
+    parts.append(_table(["entries", "number", "matches before", "matches after", "largest after"], [
+        [label, f"{int(mask.sum()):,}", f"{int(before[mask].sum()):,}", f"{int(after[mask].sum()):,}",
+         f"{int(after[mask].max()) if mask.any() else 0:,}"]
+        for label, mask in groups
+    ]))
+    return "".join(parts)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
 def _provenance_section(facts: ReportFacts) -> str:
@@ -279,7 +358,10 @@ def _provenance_section(facts: ReportFacts) -> str:
     if facts.views:
         for view_facts in facts.views:
             parts.append(f"<h4><code>{_e(view_facts.name)}</code> ({view_facts.rows:,} samples)</h4>")
-            parts.append(_json_block({"rules": view_facts.rules, "funnel": view_facts.funnel}))
+            provenance = {"rules": view_facts.rules, "funnel": view_facts.funnel}
+            if view_facts.balance is not None:
+                provenance["balance"] = view_facts.balance
+            parts.append(_json_block(provenance))
     else:
         parts.append(_not_run("filter", "no views/ folder"))
     return "".join(parts)

@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 PALETTE = ("#2f6db5", "#e07b39", "#3a9d5d", "#c0392b", "#8e5ea2", "#7f8c8d", "#d4ac0d", "#16a085")
 
@@ -70,5 +71,32 @@ def score_histogram(scores: np.ndarray, threshold: float | None, title: str) -> 
     axes.set_xlabel("clip_score")
     axes.set_ylabel("samples")
     axes.set_title(title)
+    axes.spines[["top", "right"]].set_visible(False)
+    return to_data_uri(figure)
+
+
+def entry_count_curves(before: np.ndarray, after: np.ndarray, t: int, title: str, points: int = 2000) -> str:
+    """Per-entry sample counts before and after balancing, each sorted from the largest, on log-log axes
+    with the cap ``t`` drawn: the head flattens to ``t``, the tail is unchanged. At most ``points``
+    log-spaced ranks are drawn, so a 500k-entry list makes a small picture."""
+    figure = Figure(figsize=(7, 3.2))
+    axes = figure.subplots()
+    for position, (label, counts) in enumerate((("before", before), ("after", after))):
+        ordered = np.sort(np.asarray(counts, dtype=np.float64))[::-1]
+        ordered = ordered[ordered > 0]
+        if not len(ordered):
+            continue
+        ranks = np.unique(np.geomspace(1, len(ordered), min(points, len(ordered))).astype(np.int64))
+        axes.plot(ranks, ordered[ranks - 1], color=PALETTE[position], label=f"{label} ({len(ordered):,} entries)")
+    axes.axhline(t, color=PALETTE[3], linestyle="--", label=f"t = {t:,}")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    for axis in (axes.xaxis, axes.yaxis):  # plain counts, not 2×10⁰ (after set_*scale, which resets them)
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    axes.set_xlabel("entry rank")
+    axes.set_ylabel("matched samples")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
     axes.spines[["top", "right"]].set_visible(False)
     return to_data_uri(figure)

@@ -53,3 +53,99 @@ def test_report_command_writes_the_same_page(tmp_path):
     assert main(["report", str(tmp_path / "data"), "-o", str(tmp_path / "cli.html")]) == 0
     assert (tmp_path / "cli.html").read_text().count("<section id=") == len(SECTIONS)
     assert main(["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")]) == 2  # says what to pass
+
+
+BALANCE_CAPTIONS = ["a dog in the park"] * 20 + ["a cat on a sofa"] * 10 + ["a fox, running"] * 4 + \
+    ["an owl and a cat"] * 2 + ["nothing to see"] * 2
+SEMANTIC_CHECK = {"verdict": "eps 0.05 separates near copies from neighbours", "eps": 0.05,
+                  "nn_similarity_quantiles": {"p50": 0.912, "p99": 0.991}, "random_pair_similarity_p99": 0.41,
+                  "nn_fraction_above_threshold": 0.0125}
+
+
+def _balanced_dataset(root, folder, *, semantic_check=None):
+    """Captions over four entries (with images), exact dedup, then balance with t=5: what the balance and
+    duplicates sections show."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    import mmdata
+
+    with shard_output(root, 0) as output:
+        for row, caption in enumerate(BALANCE_CAPTIONS):
+            key = sample_key(0, row, 100)
+            url = f"http://site{row % 2}.test/{row}.jpg"
+            buffer = io.BytesIO()
+            Image.new("RGB", (48, 40), (6 * row, 255 - 6 * row, (37 * row) % 256)).save(buffer, "JPEG")
+            output.add({"key": key, "uid": sample_uid(url, caption), "url": url, "caption": caption,
+                        "status": "success", "width": 48, "height": 40, "original_width": 48, "original_height": 40},
+                       {"jpg": buffer.getvalue(), "txt": caption.encode()})
+        output.commit({"count": len(BALANCE_CAPTIONS)})
+    mmdata.dedup(root, exact=True, executor="inline")
+    if semantic_check is not None:  # what the dedup stage records when it checks its semantic tier
+        path = root / "annotations" / "dedup.parquet"
+        table = pq.read_table(path)
+        metadata = dict(table.schema.metadata)
+        settings = json.loads(metadata[b"mmdata.dedup"])
+        metadata[b"mmdata.dedup"] = json.dumps({**settings, "semantic_check": semantic_check}).encode()
+        pq.write_table(table.replace_schema_metadata(metadata), path)
+    entries = folder / "entries.txt"
+    entries.write_text("dog\ncat\nfox\nowl\nbadger\n")
+    return mmdata.balance(root, metadata=str(entries), t=5, executor="inline")
+
+
+def test_balance_and_semantic_check_sections_in_chromium(tmp_path):
+    require_chromium()
+    result = _balanced_dataset(tmp_path / "data", tmp_path, semantic_check=SEMANTIC_CHECK)
+    report = write_report(tmp_path / "data", tmp_path / "report.html")
+    page = open_report(report, tmp_path / "report.png")
+    assert page["errors"] == []
+    assert page["sections"] == [key for key, _ in SECTIONS]
+    assert "balance" not in page["not_run"] and "duplicates" not in page["not_run"]
+    charts = [image for image in page["images"] if image["section"] == "balance"]
+    assert [image["alt"] for image in charts] == ["entry counts before and after balancing"]
+    assert charts[0]["width"] > 0
+    assert result.view.num_rows > 0
+
+
+def _section(text: str, key: str) -> str:
+    start = text.index(f'<section id="{key}">')
+    return text[start : text.index("</section>", start)]
+
+
+def test_balance_section_shows_the_numbers(tmp_path):
+    result = _balanced_dataset(tmp_path / "data", tmp_path, semantic_check=SEMANTIC_CHECK)
+    text = write_report(tmp_path / "data", tmp_path / "report.html").read_text()
+    section = _section(text, "balance")
+    pool, kept = 38, result.view.num_rows
+    assert f"Kept fraction: <b>{100 * kept / pool:.1f}%</b> of the pool" in section
+    assert f"<td>kept</td><td>{kept:,}</td>" in section
+    assert "<td>matched an entry</td><td>36</td>" in section
+    counts = result.entry_counts.to_pydict()
+    for entry, count, after in zip(counts["entry"], counts["count"], counts["kept"]):
+        if count:
+            assert f"<td>{entry}</td><td>{count:,}</td><td>{min(count, 5):,}</td><td>{after:,}</td>" in section
+    assert counts["count"] == [20, 12, 4, 2, 0]
+    assert "<td>head (count &gt; t)</td><td>2</td><td>32</td>" in section  # dog and cat
+    assert "<td>tail (1 ≤ count ≤ t)</td><td>2</td><td>6</td><td>6</td>" in section  # fox and owl: all kept
+    assert "<td>never matched</td><td>1</td><td>0</td><td>0</td>" in section
+    assert "<code>balanced</code>" in _section(text, "funnel") and "matched_any_entry" in _section(text, "funnel")
+
+    duplicates = _section(text, "duplicates")
+    assert "Semantic tier check" in duplicates
+    assert "eps 0.05 separates near copies from neighbours" in duplicates
+    for name, value in [("eps", "0.05"), ("nn_similarity_quantiles.p50", "0.912"),
+                        ("nn_similarity_quantiles.p99", "0.991"), ("random_pair_similarity_p99", "0.41"),
+                        ("nn_fraction_above_threshold", "0.0125")]:
+        assert f"<td>{name}</td><td>{value}</td>" in duplicates
+
+
+def test_without_balance_or_semantic_check_nothing_extra_is_drawn(tmp_path):
+    import mmdata
+
+    _downloaded_dataset(tmp_path / "data")
+    mmdata.dedup(tmp_path / "data", exact=True, executor="inline")
+    text = write_report(tmp_path / "data", tmp_path / "report.html").read_text()
+    assert "Semantic tier check" not in _section(text, "duplicates")
+    balance = _section(text, "balance")
+    assert "No balanced view" in balance and "<img" not in balance and "not-run" not in balance
