@@ -22,6 +22,8 @@ _EXPORTS = {
     "read_view": "mmdata.curate.view",
     "dedup": "mmdata.curate.dedup",
     "decontaminate": "mmdata.curate.decontaminate",
+    "annotate": "mmdata.curate.annotate",
+    "balance": "mmdata.curate.balance",
     "reshard": "mmdata.curate.reshard",
     "stream": "mmdata.stream",
     "build_index": "mmdata.search.index",

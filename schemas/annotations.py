@@ -29,3 +29,34 @@ CONTAMINATION_SCHEMA = pa.schema(
     ],
     metadata={"mmdata.schema": "annotations.contamination/1"},
 )
+
+# ``mmdata annotate`` tables: one row per metadata row of every complete shard (failed downloads
+# included: their caption still has a language; their image columns are null). Each table is merged
+# from per-shard parts under ``annotations/.<stage>/``; the version below is part of what a re-run
+# compares, so bump it whenever a computation or a constant it uses changes.
+LANGUAGE_VERSION = "1"
+IMAGE_QUALITY_VERSION = "1"
+
+LANGUAGE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        # fastText lid.176 label: an ISO 639 code ("en", "de", "zh", "als", ...); null for a null caption
+        pa.field("caption_language", pa.string()),
+        pa.field("caption_language_score", pa.float32()),  # the label's probability, 0-1
+    ],
+    metadata={"mmdata.schema": "annotations.language/1"},
+)
+
+IMAGE_QUALITY_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        # variance of the 4-neighbour Laplacian of the grey image resized to a 256-pixel shorter side
+        # (mmdata.curate.image_quality): low = blurry; null without a decodable stored image
+        pa.field("laplacian_variance", pa.float32()),
+        # caption characters per 100 pixels of the image's shorter ORIGINAL side (the stored size when
+        # the original is not recorded): len(caption) / (min(original_width, original_height) / 100)
+        pa.field("caption_chars_per_100px", pa.float32()),
+        pa.field("image_quality_error", pa.string()),  # why laplacian_variance is null for a stored sample
+    ],
+    metadata={"mmdata.schema": "annotations.image_quality/1"},
+)

@@ -2,6 +2,11 @@
 
 Rules are AND-ed in order and the funnel is sequential: each rule's ``dropped`` counts only the rows
 that survived the rules before it, so ``rows_in - sum(dropped) == rows_out`` always holds.
+
+Caption lengths count as DataComp's baselines count them (``baselines/apply_filter.py``): words are
+the whitespace-separated tokens of Python's ``str.split()`` (Arrow's Unicode whitespace split agrees
+with it on every code point), characters are code points of the caption as stored (``len(text)``,
+nothing stripped). A null caption has 0 words and 0 characters.
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ class FilterConfig:
     score_model: str | None = None  # which model's clip_score (None: the default column)
     min_size: int | None = None  # shorter side, pixels
     max_aspect_ratio: float | None = None  # longer side / shorter side
+    min_original_size: int | None = None  # shorter side of the image before the download resized it
+    max_original_aspect_ratio: float | None = None  # longer / shorter side, before the download resized it
+    # keep captions whose caption_language (mmdata annotate --language) is one of these ISO 639 codes;
+    # a string is read as a comma-separated list ("en,de")
+    language: tuple[str, ...] | None = None
+    min_language_score: float | None = None  # keep captions whose caption_language_score is at least this
     min_caption_words: int | None = None
     max_caption_words: int | None = None
+    min_caption_chars: int | None = None  # DataComp's "more than 5 characters" is 6
     caption_regex: str | None = None  # keep captions that contain a match
     exclude_caption_regex: str | None = None  # drop captions that contain a match
     drop_duplicates: bool = False  # needs annotations/dedup.parquet (mmdata dedup)
@@ -35,11 +47,19 @@ class FilterConfig:
     def __post_init__(self) -> None:
         if self.top_fraction is not None and not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction} (0.3 keeps the best 30%)")
-        if self.min_size is not None and self.min_size < 0:
-            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
-        if self.max_aspect_ratio is not None and self.max_aspect_ratio < 1.0:
-            raise ValueError(f"max_aspect_ratio must be >= 1 (longer/shorter side), got {self.max_aspect_ratio}")
-        for name in ("min_caption_words", "max_caption_words"):
+        for name in ("min_size", "min_original_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        for name in ("max_aspect_ratio", "max_original_aspect_ratio"):
+            value = getattr(self, name)
+            if value is not None and value < 1.0:
+                raise ValueError(f"{name} must be >= 1 (longer/shorter side), got {value}")
+        if self.language is not None:
+            object.__setattr__(self, "language", _language_codes(self.language))
+        if self.min_language_score is not None and not 0.0 <= self.min_language_score <= 1.0:
+            raise ValueError(f"min_language_score must be in [0, 1] (a probability), got {self.min_language_score}")
+        for name in ("min_caption_words", "max_caption_words", "min_caption_chars"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -60,7 +80,26 @@ class FilterConfig:
             raise ValueError("where is empty: give a SQL boolean expression such as \"width >= 256\"")
 
     def to_dict(self) -> dict:
-        return {name: value for name, value in asdict(self).items() if value not in (None, False)}
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in asdict(self).items() if value not in (None, False)
+        }
+
+
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")
+
+
+def _language_codes(language) -> tuple[str, ...]:
+    """ISO 639 codes from ``"en,de"`` or a sequence, lower-cased, in the order given, without repeats."""
+    parts = language.split(",") if isinstance(language, str) else list(language)
+    codes = tuple(dict.fromkeys(str(part).strip().lower() for part in parts))
+    bad = [code for code in codes if not _LANGUAGE_CODE.match(code)]
+    if not codes or bad:
+        raise ValueError(
+            f"language {language!r}: give ISO 639 codes as fastText lid.176 labels them, comma-separated "
+            f"(\"en\", \"en,de,fr\"); not {bad or 'nothing'}"
+        )
+    return codes
 
 
 @dataclass(frozen=True)
@@ -124,13 +163,52 @@ def build_rules(config: FilterConfig, columns: list[str]) -> list[Rule]:
         ))
     if config.max_aspect_ratio is not None:
         ratio = config.max_aspect_ratio
-        rules.append(Rule("max_aspect_ratio", lambda t, ratio=ratio: _aspect_ratio(t) <= ratio))
+        rules.append(Rule(
+            "max_aspect_ratio", lambda t, ratio=ratio: _aspect_ratio(t.column("width"), t.column("height")) <= ratio
+        ))
+    if config.min_original_size is not None:
+        size = config.min_original_size
+        rules.append(Rule(
+            "min_original_size",
+            lambda t, size=size: _filled(pc.greater_equal(
+                pc.min_element_wise(_original(t, "original_width"), _original(t, "original_height")), size
+            )),
+        ))
+    if config.max_original_aspect_ratio is not None:
+        ratio = config.max_original_aspect_ratio
+        rules.append(Rule(
+            "max_original_aspect_ratio",
+            lambda t, ratio=ratio: _aspect_ratio(_original(t, "original_width"), _original(t, "original_height"))
+            <= ratio,
+        ))
+    if config.language is not None:
+        codes = config.language
+        _require(columns, "caption_language", f"language needs {_LANGUAGE_HINT}")
+        rules.append(Rule(
+            "language",
+            lambda t, codes=codes: _filled(pc.is_in(t.column("caption_language"), pa.array(codes, pa.string()))),
+            {"languages": list(codes)},
+        ))
+    if config.min_language_score is not None:
+        score_floor = config.min_language_score
+        _require(columns, "caption_language_score", f"min_language_score needs {_LANGUAGE_HINT}")
+        rules.append(Rule(
+            "min_language_score",
+            lambda t, score_floor=score_floor: _filled(
+                pc.greater_equal(t.column("caption_language_score"), score_floor)
+            ),
+        ))
     if config.min_caption_words is not None:
         words = config.min_caption_words
         rules.append(Rule("min_caption_words", lambda t, words=words: _caption_words(t) >= words))
     if config.max_caption_words is not None:
         words = config.max_caption_words
         rules.append(Rule("max_caption_words", lambda t, words=words: _caption_words(t) <= words))
+    if config.min_caption_chars is not None:
+        characters = config.min_caption_chars
+        rules.append(Rule(
+            "min_caption_chars", lambda t, characters=characters: _caption_chars(t) >= characters
+        ))
     if config.caption_regex is not None:
         pattern = config.caption_regex
         rules.append(Rule(
@@ -207,13 +285,32 @@ def _score_column(model: str | None, columns: list[str]) -> str:
     return name
 
 
+_LANGUAGE_HINT = "caption languages: run `mmdata annotate DIR --language` first"
+
+
 def _require(columns: list[str], column: str, message: str) -> None:
     if column not in columns:
         raise ValueError(message)
 
 
+def _original(table: pa.Table, column: str) -> pa.ChunkedArray:
+    """An original-size column; refuses a table whose successful rows record none (not a download's output)."""
+    success = _filled(pc.equal(table.column("status"), SUCCESS))
+    values = table.column(column) if column in table.column_names else pa.chunked_array([pa.nulls(table.num_rows)])
+    if success.any() and not _filled(values.is_valid())[success].any():
+        raise ValueError(
+            f"no successful sample records {column} (the image size before the download resized it; "
+            "mmdata download and img2dataset write it): use min_size/max_aspect_ratio, which read the stored size"
+        )
+    return values
+
+
 def _filled(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.fill_null(mask, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _caption_chars(table: pa.Table) -> np.ndarray:
+    return pc.fill_null(pc.utf8_length(table.column("caption")), 0).to_numpy(zero_copy_only=False)
 
 
 def _caption_words(table: pa.Table) -> np.ndarray:
@@ -223,9 +320,10 @@ def _caption_words(table: pa.Table) -> np.ndarray:
     return np.where(empty, 0, words)
 
 
-def _aspect_ratio(table: pa.Table) -> np.ndarray:
-    width = table.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
-    height = table.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+def _aspect_ratio(widths: pa.ChunkedArray, heights: pa.ChunkedArray) -> np.ndarray:
+    """Longer / shorter side; infinite where a side is 0 or unknown (such a row never passes)."""
+    width = widths.to_numpy(zero_copy_only=False).astype(np.float64)
+    height = heights.to_numpy(zero_copy_only=False).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.maximum(width, height) / np.minimum(width, height)
     return np.where(np.isnan(ratio), np.inf, ratio)

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
+from mmdata.curate.presets import check_score_model, preset_named, with_preset
 from mmdata.curate.rules import FilterConfig, Funnel, apply_rules, build_rules
 from mmdata.options import config_from_options
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY, VIEW_SCHEMA
@@ -28,10 +29,14 @@ def view_path(root: layout.Root, name: str) -> Location:
     return layout.views_dir(root) / f"{name}.parquet"
 
 
-def select(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, Funnel, list[dict]]:
-    """Apply ``config`` to a ``read_table`` table: (selected VIEW_SCHEMA rows, funnel, resolved rules)."""
+def select(table: pa.Table, config: FilterConfig, preset: dict | None = None) -> tuple[pa.Table, Funnel, list[dict]]:
+    """Apply ``config`` to a ``read_table`` table: (selected VIEW_SCHEMA rows, funnel, resolved rules).
+    The steps of the rules a ``preset`` record set carry its name."""
     rules = build_rules(config, table.column_names)
     keep, funnel = apply_rules(table, rules)
+    for step in funnel.steps:
+        if preset is not None and step["rule"] in preset["rules"]:
+            step["preset"] = preset["name"]
     selected = table.filter(pa.array(keep)).select([name for name in VIEW_SCHEMA.names if name in table.column_names])
     resolved = [
         {"rule": step["rule"], **{k: v for k, v in step.items() if k not in ("rule", "dropped")}}
@@ -40,31 +45,46 @@ def select(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, Funnel, lis
     return selected, funnel, resolved
 
 
-def filter_view(root: layout.Root, config: FilterConfig | None = None, *, view: str,
-                storage_options: dict | None = None, **options) -> pa.Table:
+def filter_view(root: layout.Root, config: FilterConfig | None = None, *, view: str, preset: str | None = None,
+                preset_any_model: bool = False, storage_options: dict | None = None, **options) -> pa.Table:
     """Select samples of dataset ``root`` by AND-ed rules and write them as view ``view``.
 
     Pass a :class:`FilterConfig` or its rules flat (``filter_view(root, view="train",
-    min_clip_score=0.28)``). Only successful samples are selectable (the funnel's first step).
-    Returns the view table; its schema metadata holds the rules (``RULES_KEY``) and the funnel
-    (``FUNNEL_KEY``), see :func:`view_funnel`. ``root`` may be a URL; ``storage_options`` go to its
-    filesystem.
+    min_clip_score=0.28)``), and/or a ``preset`` (:mod:`mmdata.curate.presets`: ``datacomp-basic``,
+    ``laion2b``, ``datacomp-clip-top30``) whose rules yours add to; where both set an option, yours
+    wins (``None`` removes the preset's rule). ``preset_any_model`` applies a preset's own CLIP-score
+    threshold to scores of another model than it was calibrated for (a threshold you set is yours).
+    Only successful samples are selectable (the funnel's first step). Returns the view table; its
+    schema metadata holds the rules (``RULES_KEY``, with the preset's record) and the funnel
+    (``FUNNEL_KEY``), see :func:`view_funnel`.
+    ``root`` may be a URL; ``storage_options`` go to its filesystem.
     """
-    if config is None:
-        config = config_from_options(FilterConfig, "filter", options)
-    elif options:
+    if config is not None and options:
         raise ValueError("pass either a FilterConfig or keyword rules, not both")
+    if preset_any_model and preset is None:
+        raise ValueError("preset_any_model applies to a preset's CLIP-score threshold: pass preset= too")
     root = layout.dataset(root, storage_options)
+    preset_record = None
+    if preset is not None:
+        chosen = preset_named(preset)
+        config, preset_record = with_preset(chosen, options if config is None else config.to_dict())
+        if "min_clip_score" not in preset_record["overridden"]:
+            model_id = config.score_model or layout.default_model(root)
+            record = layout.read_model_record(root, model_id) if model_id else None
+            check_score_model(chosen, record, model_id, any_model=preset_any_model)
+    elif config is None:
+        config = config_from_options(FilterConfig, "filter", options)
     path = view_path(root, view)
     from mmdata.table import read_table
 
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: nothing to filter")
-    selected, funnel, resolved = select(read_table(root), config)
+    selected, funnel, resolved = select(read_table(root), config, preset_record)
+    rules_record = {"config": config.to_dict(), "rules": resolved}
+    if preset_record is not None:
+        rules_record["preset"] = preset_record
     metadata = {
-        RULES_KEY: json.dumps(
-            {"config": config.to_dict(), "rules": resolved}, sort_keys=True, default=_json_number
-        ).encode(),
+        RULES_KEY: json.dumps(rules_record, sort_keys=True, default=_json_number).encode(),
         FUNNEL_KEY: json.dumps(funnel.to_dict(), sort_keys=True, default=_json_number).encode(),
     }
     return write_parquet(selected.replace_schema_metadata(metadata), path, VIEW_SCHEMA)
@@ -92,11 +112,13 @@ def view_rules(view_table: pa.Table) -> dict:
 
 def format_funnel(funnel: dict) -> str:
     """The funnel as aligned text lines: rows in, each rule's drop, rows out."""
-    lines = [f"{'rows in':<24}{funnel['rows_in']:>12,}"]
+    lines = [f"{'rows in':<30}{funnel['rows_in']:>12,}"]
     for step in funnel["steps"]:
         extra = f"  (threshold {step['threshold']:.4f})" if step.get("threshold") is not None else ""
-        lines.append(f"{'- ' + step['rule']:<24}{-step['dropped']:>12,}{extra}")
-    lines.append(f"{'rows out':<24}{funnel['rows_out']:>12,}")
+        if step.get("preset"):
+            extra += f"  [preset {step['preset']}]"
+        lines.append(f"{'- ' + step['rule']:<30}{-step['dropped']:>12,}{extra}")
+    lines.append(f"{'rows out':<30}{funnel['rows_out']:>12,}")
     return "\n".join(lines)
 
 

@@ -156,3 +156,72 @@ def test_bad_requests_say_what_to_do(dataset):
     with pytest.raises(FileNotFoundError, match="mmdata filter"):
         read_view(root, "never-made")
     assert json.loads(json.dumps(view_rules(filter_view(root, view="plain"))))["config"] == {}
+
+
+MIXED = [
+    "a red circle on a beige background", "ein roter Kreis auf beigem Hintergrund",
+    "un cercle rouge sur un fond beige", "un círculo rojo sobre un fondo beige", "merci", None,
+]
+
+
+def test_language_and_caption_length_rules(tmp_path, capsys):
+    from mmdata.curate.annotate import annotate
+    from mmdata.shard_output import shard_output
+
+    root = tmp_path / "mixed"
+    picture = encode(render(random_scene(np.random.default_rng(1))), "jpeg")
+    with shard_output(root, 0) as out:
+        for row, caption in enumerate(MIXED):
+            key = layout.sample_key(0, row, 10)
+            members = {"jpg": picture, **({"txt": caption.encode()} if caption else {})}
+            out.add({"key": key, "uid": key, "caption": caption, "status": "success", "width": 64, "height": 64},
+                    members)
+        out.commit()
+    with pytest.raises(ValueError, match=r"run `mmdata annotate DIR --language` first"):
+        filter_view(root, view="x", language="en")
+    with pytest.raises(ValueError, match=r"min_language_score needs .*mmdata annotate DIR --language"):
+        filter_view(root, view="x", min_language_score=0.5)
+    annotate(root, image_quality=False, executor="inline")
+    table = read_table(root)
+    assert table.column("caption_language").to_pylist()[:4] == ["en", "de", "fr", "es"]
+    assert table.column("caption_language").to_pylist()[5] is None
+
+    assert cli_main(["filter", str(root), "--view", "ende", "--language", "en,DE"]) == 0
+    assert "- language" in capsys.readouterr().out
+    view = read_view(root, "ende")
+    assert view.column("key").to_pylist() == [layout.sample_key(0, row, 10) for row in (0, 1)]
+    assert view_rules(view)["config"]["language"] == ["en", "de"]
+    confident = filter_view(root, view="confident", min_language_score=0.5)
+    scores = table.column("caption_language_score").to_pylist()
+    assert confident.column("key").to_pylist() == [
+        key for key, score in zip(table.column("key").to_pylist(), scores) if score is not None and score >= 0.5
+    ]
+    # DataComp's "more than 5 characters": len(caption) > 5; a null caption has none
+    long_enough = filter_view(root, view="chars", min_caption_chars=6)
+    assert long_enough.column("key").to_pylist() == [layout.sample_key(0, row, 10) for row in range(4)]
+    with pytest.raises(ValueError, match="ISO 639 codes"):
+        filter_view(root, view="x", language="english")
+    with pytest.raises(ValueError, match="min_language_score"):
+        filter_view(root, view="x", min_language_score=1.5)
+
+
+def test_words_and_characters_are_counted_as_datacomp_counts_them():
+    """DataComp: ``len(text.split()) > 2`` and ``len(text) > 5`` in Python; the rules count the same
+    for every whitespace character Python knows, and for captions that are only whitespace."""
+    import pyarrow as pa
+
+    from mmdata.curate.rules import FilterConfig, apply_rules, build_rules
+
+    spaces = [chr(code) for code in range(0x110000) if chr(code).isspace()]
+    captions = [f"{space}one{space}two{space * 2}three{space}" for space in spaces]
+    captions += [f"one{space}two" for space in spaces] + [space * 3 for space in spaces]
+    captions += ["one\u200btwo three", "é" * 6, "e\u0301e\u0301e\u0301", "日本語の説明文", ""]
+    table = pa.table({"status": ["success"] * len(captions), "caption": captions})
+    for words, characters in ((3, None), (2, None), (None, 6), (None, 7)):
+        config = FilterConfig(min_caption_words=words, min_caption_chars=characters)
+        keep, _ = apply_rules(table, build_rules(config, table.column_names))
+        expected = [
+            (words is None or len(caption.split()) >= words) and (characters is None or len(caption) >= characters)
+            for caption in captions
+        ]
+        assert keep.tolist() == expected, (words, characters)
