@@ -181,6 +181,8 @@ def evaluate(*, dataset: str, corpus: str, view: str, output: str | None = None)
         "mismatched_dropped": _ratio((~kept & ~matched).sum(), (~matched).sum()),  # of mismatched, how many dropped
     }
     report["dedup"] = _dedup_quality(rows, truth_rows) if "duplicate_of" in table.column_names else None
+    if report["dedup"] is not None:
+        report["dedup"]["semantic_check"] = _semantic_check(dataset)
     print(_scorecard(report), flush=True)
     if output:
         write_json(output, report)
@@ -232,6 +234,14 @@ def _dedup_quality(rows: list[dict], truth_rows: dict) -> dict:
     return {"recall": recall, "precision": precision}
 
 
+def _semantic_check(dataset: str) -> dict | None:
+    """The semantic tier's check as the dedup stage recorded it (None: the tier was off)."""
+    from mmdata.curate.dedup import DEDUP_METADATA_KEY
+
+    metadata = pq.read_schema(layout.annotations_dir(dataset) / "dedup.parquet").metadata or {}
+    return json.loads(metadata.get(DEDUP_METADATA_KEY, b"{}")).get("semantic_check")
+
+
 def _roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Probability that a matched pair outscores a mismatched one (Mann-Whitney U, ties count half)."""
     positives, negatives = int(labels.sum()), int((~labels).sum())
@@ -275,6 +285,9 @@ def _scorecard(report: dict) -> str:
         for tier, figures in report["dedup"]["precision"].items():
             lines.append(f"dedup precision of tier {tier}: {figures['correct']}/{figures['flagged']} "
                          f"= {show(figures['precision'])}")
+        check = report["dedup"]["semantic_check"]
+        if check is not None:
+            lines.append(f"semantic tier {'ran' if check['ran'] else 'left off'}; its check: {check['verdict']}")
     return "\n".join(lines)
 
 

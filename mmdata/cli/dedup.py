@@ -1,14 +1,17 @@
-"""``mmdata dedup DIR [--exact] [--near --hamming H] [--semantic --eps E --clusters K]``."""
+"""``mmdata dedup DIR [--exact] [--near --hamming H] [--semantic --eps E --clusters K [--force-semantic]]``."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from mmdata.cli._defaults import defaults_from
 from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 
 TIERS = ("exact", "near", "semantic")
-_OPTIONS = ("hamming", "colour_tolerance", "thumbnail_tolerance", "eps", "clusters", "model")
+_OPTIONS = (
+    "hamming", "colour_tolerance", "thumbnail_tolerance", "mirrors", "eps", "clusters", "force_semantic", "model",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,11 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--thumbnail-tolerance", type=float,
-        help="near tier: largest colour difference (0-255) of the verifying 16x16 content thumbnails "
-        "(default %(library_default)s)",
+        help="near tier: largest colour difference (0-255) of the verifying 16x16 content thumbnails, after a "
+        "uniform brightness shift (default %(library_default)s)",
+    )
+    parser.add_argument(
+        "--mirrors", action=argparse.BooleanOptionalAction, default=None,
+        help="near tier: a picture flipped left to right is a duplicate (default %(library_default)s)",
     )
     parser.add_argument("--semantic", action="store_true", default=None,
-                        help="SemDeDup on the CLIP image embeddings (needs `mmdata score`)")
+                        help="SemDeDup on the CLIP image embeddings (needs `mmdata score`); refused where the "
+                        "embeddings do not separate copies from neighbours at --eps (see the summary)")
     parser.add_argument(
         "--eps", type=float,
         help="semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates, so a larger "
@@ -44,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--clusters", type=int,
                         help="semantic tier: k-means clusters (default: one per ~1,000 samples)")
+    parser.add_argument("--force-semantic", action="store_true", default=None,
+                        help="semantic tier: mark duplicates even where its check refuses")
     parser.add_argument("--model",
                         help="score model id whose embeddings and clip_score to use (default: the default model)")
     add_execution_flags(parser)
@@ -54,11 +64,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from mmdata.curate.dedup import dedup
 
-    result = dedup(arguments.dataset, **_tier_options(arguments), **given(arguments, _OPTIONS),
-                   **execution_options(arguments), **storage_options(arguments))
+    with warnings.catch_warnings():  # the summary below prints the semantic check's verdict
+        warnings.filterwarnings("ignore", message="semantic dedup", category=RuntimeWarning)
+        result = dedup(arguments.dataset, **_tier_options(arguments), **given(arguments, _OPTIONS),
+                       **execution_options(arguments), **storage_options(arguments))
     for name, value in result.counts.items():
         label = f"duplicates ({name})" if name in TIERS else name
         print(f"{label:<24}{value:>12,}")
+    check = getattr(result, "semantic_check", None)  # None: the semantic tier was off
+    if check is not None:
+        print(check.summary())
     print(f"written to {result.path}")
     return 0
 

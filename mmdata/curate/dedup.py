@@ -8,11 +8,20 @@ joined the kept sample's group, in the order exact → near → semantic) and ``
 Near candidates (pHash within the radius) must also agree on their content thumbnails
 (``thumbnail_tolerance``, :mod:`mmdata.curate.thumbnails`): without that check, background-dominated
 hashes of different pictures link them, and union-find chains the false links into big groups.
+Mirrored copies count as duplicates (``mirrors``): a picture flipped left to right shows the same
+photo, and flipping is a standard training augmentation.
+
+Before the semantic tier marks anything, :mod:`mmdata.curate.semantic_check` measures on a sample
+the nearest-neighbour similarities of samples without a known copy (and of the near tier's copies),
+and refuses the tier where ``1 - eps`` lies inside the bulk of those neighbours or cuts through a
+continuous run of them instead of a gap (``force_semantic`` overrides). What it measured and decided
+is ``DedupResult.semantic_check`` and ``semantic_check`` in ``dedup.parquet``'s metadata.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -23,7 +32,8 @@ from mmdata import layout
 from mmdata.atomic import write_parquet
 from mmdata.curate.components import connected_components
 from mmdata.curate.hashes import HASH_BITS, THUMBNAIL_TOLERANCE, NearHashes, dataset_hashes, near_distance, near_matches
-from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges
+from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges, semantic_groups
+from mmdata.curate.semantic_check import SemanticCheck, check_semantic
 from mmdata.execution import Execution, Executor, using
 from mmdata.options import stage_settings
 from mmdata.schemas.annotations import DEDUP_SCHEMA
@@ -39,11 +49,16 @@ class DedupConfig:
     near: bool = False
     hamming: int = 8  # near tier: largest pHash Hamming distance (of 64 bits) still called a duplicate
     colour_tolerance: float = 24.0  # near tier: largest difference of the RGB means/standard deviations
-    # near tier: largest colour difference (0-255) between the candidates' aligned content thumbnails;
-    # None: trust the hash alone (see mmdata.curate.thumbnails for why that is imprecise)
+    # near tier: largest colour difference (0-255) between the candidates' aligned content thumbnails,
+    # after a uniform brightness shift; None: trust the hash alone (see mmdata.curate.thumbnails for why
+    # that is imprecise)
     thumbnail_tolerance: float | None = THUMBNAIL_TOLERANCE
+    mirrors: bool = True  # near tier: a picture flipped left to right is a duplicate (the same photo)
     semantic: bool = False
     eps: float = 0.05  # semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates
+    # semantic tier: run even where its check refuses (1 - eps inside the bulk of nearest-neighbour
+    # similarities, or cutting through a continuous run of them; see mmdata.curate.semantic_check)
+    force_semantic: bool = False
     clusters: int | None = None  # semantic tier: k-means clusters (None: one per ~1,000 embeddings)
     model: str | None = None  # score model whose embeddings and clip_score to use (None: the default)
     # semantic tier: compare clusters as tasks on the executor from this many embeddings (below, a
@@ -67,6 +82,7 @@ class DedupResult:
     table: pa.Table  # DEDUP_SCHEMA, one row per examined sample
     counts: dict[str, int] = field(default_factory=dict)  # examined, kept, exact, near, semantic, ...
     path: Location | None = None
+    semantic_check: SemanticCheck | None = None  # what the semantic tier's check measured (None: tier off)
 
     def explanation(self) -> pa.Table:
         """The dropped samples only: key, kept twin, tier, similarity."""
@@ -92,6 +108,7 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
     on ``executor`` when there are enough of them."""
     count = len(inputs.keys)
     labels = {}
+    near_pairs = None
     current = np.arange(count, dtype=np.int64)
     if config.exact:
         left, right = _equal_value_edges(inputs.sha256)
@@ -101,17 +118,26 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
     if config.near:
         query, reference, _ = near_matches(
             inputs.near, inputs.near, config.hamming, config.colour_tolerance,
-            thumbnail_tolerance=config.thumbnail_tolerance,
+            thumbnail_tolerance=config.thumbnail_tolerance, mirrors=config.mirrors,
         )
         different = query != reference
         rows = inputs.near_rows
-        current = connected_components(count, rows[query[different]], rows[reference[different]], current)
+        near_pairs = (rows[query[different]], rows[reference[different]])
+        current = connected_components(count, *near_pairs, current)
         labels["near"] = current
+    check = None
     if config.semantic:
         semantic = SemanticConfig(eps=config.eps, clusters=config.clusters)
-        parallel = executor if len(inputs.embedding_rows) >= config.parallel_min_rows else None
-        left, right = semantic_edges(inputs.embeddings, semantic, executor=parallel)
-        current = connected_components(count, inputs.embedding_rows[left], inputs.embedding_rows[right], current)
+        groups = semantic_groups(inputs.embeddings, semantic)
+        grouped = np.bincount(current, minlength=count)[current] > 1  # rows with a copy found by exact/near
+        check = check_semantic(
+            inputs.embeddings, groups, config.eps, known=grouped[inputs.embedding_rows],
+            copy_pairs=_known_copies(inputs, labels, near_pairs), force=config.force_semantic,
+        )
+        if check.ran:
+            parallel = executor if len(inputs.embedding_rows) >= config.parallel_min_rows else None
+            left, right = semantic_edges(inputs.embeddings, semantic, executor=parallel, groups=groups)
+            current = connected_components(count, inputs.embedding_rows[left], inputs.embedding_rows[right], current)
         labels["semantic"] = current
 
     kept_of_row = _kept_members(current, inputs.keys, inputs.scores)
@@ -128,7 +154,8 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
     # lacks the tier's data (a row can join a group through another member)
     if config.near:
         rows, a, b = _measurable(reasons == "near", dropped, kept_of_row, inputs.near_rows, count)
-        similarity[rows] = 1.0 - near_distance(inputs.near.take(a), inputs.near.take(b)) / HASH_BITS
+        distance = near_distance(inputs.near.take(a), inputs.near.take(b), mirrors=config.mirrors)
+        similarity[rows] = 1.0 - distance / HASH_BITS
     if config.semantic:
         rows, a, b = _measurable(reasons == "semantic", dropped, kept_of_row, inputs.embedding_rows, count)
         similarity[rows] = np.einsum("ij,ij->i", normalised(inputs.embeddings[a]), normalised(inputs.embeddings[b]))
@@ -152,7 +179,25 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
     for tier in ("exact", "near", "semantic"):
         if tier in labels:
             counts[tier] = int((reasons == tier).sum())
-    return DedupResult(table, counts)
+    return DedupResult(table, counts, semantic_check=check)
+
+
+def _known_copies(
+    inputs: DedupInputs, labels: dict[str, np.ndarray], near_pairs: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The near tier's pairs as embedding rows, without identical files (the exact tier's): the copies
+    the semantic check calibrates against; None when the near tier did not run."""
+    if near_pairs is None:
+        return None
+    left, right = near_pairs
+    keep = left < right  # each pair once (the near tier lists both directions)
+    if "exact" in labels:
+        keep &= labels["exact"][left] != labels["exact"][right]
+    left, right = left[keep], right[keep]
+    position = np.full(len(inputs.keys), -1, dtype=np.int64)
+    position[inputs.embedding_rows] = np.arange(len(inputs.embedding_rows))
+    both = (position[left] >= 0) & (position[right] >= 0)
+    return position[left[both]], position[right[both]]
 
 
 def dedup(root: layout.Root, config: DedupConfig | None = None, *, execution: Execution = None,
@@ -205,6 +250,10 @@ def dedup(root: layout.Root, config: DedupConfig | None = None, *, execution: Ex
     else:
         result = find_duplicates(inputs, config)
     settings = {"config": asdict(config), "counts": result.counts}
+    if result.semantic_check is not None:
+        settings["semantic_check"] = asdict(result.semantic_check)
+        if not result.semantic_check.verdict.startswith("ok"):
+            warnings.warn(f"semantic dedup: {result.semantic_check.verdict}", RuntimeWarning, stacklevel=2)
     table = result.table.replace_schema_metadata({DEDUP_METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
     path = layout.annotations_dir(root) / "dedup.parquet"
     result.table = write_parquet(table, path, DEDUP_SCHEMA)

@@ -9,7 +9,10 @@
   Hamming radius of any hash (full or crop) of the other. On the test corpus, crops then move 2–6
   bits, re-encodes, resizes and small colour shifts 0–4, and same-colour pictures of other shapes
   stay 26+ away.
-* ``colour_moments``: mean and standard deviation of each RGB channel. A grey-level hash cannot
+* ``mirror_phash``: the pHash of the picture flipped left to right (26-32 bits from its own pHash),
+  so a mirrored copy's full hash lies within the radius of it (``mirrors=True``).
+* ``colour_moments``: mean and standard deviation of each RGB channel of the content (the picture
+  without its padding, whose share changes when a copy is cropped). A grey-level hash cannot
   tell a red scene from a green one of the same brightness layout, and unrelated pictures do collide
   within 8 bits now and then; near duplicates must also agree on these six numbers within
   ``colour_tolerance`` (re-encodes, crops and small colour shifts move them ≤ 13, the rare unrelated
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +37,14 @@ from PIL import Image, ImageStat
 
 from mmdata import layout
 from mmdata.atomic import write_parquet
-from mmdata.curate.thumbnails import THUMB_BYTES, content_features, verified
+from mmdata.curate.thumbnails import (
+    THUMB_BYTES,
+    THUMBNAIL_TOLERANCE,
+    content_box,
+    content_features,
+    mirrored_thumbnails,
+    verified,
+)
 from mmdata.execution import Execution, StageProgress, sized, using
 from mmdata.execution.progress import COUNT
 from mmdata.schemas.hashes import CROP_COUNT, HASH_SCHEMA, HASH_VERSION
@@ -55,6 +65,7 @@ class ImageHashes:
     pixel_hash: str
     phash: int
     crop_hashes: tuple[int, ...]
+    mirror_phash: int
     colour_moments: tuple[float, ...]
     thumbnails: bytes
     texture: float
@@ -71,13 +82,15 @@ class NearHashes:
     thumbnails: np.ndarray | None = None  # uint8 [n, THUMB_BYTES]; None: candidates are not verified
     texture: np.ndarray | None = None  # float32 [n]
     aspect: np.ndarray | None = None  # float32 [n]
+    mirror: np.ndarray | None = None  # uint64 [n]: pHashes of the mirrored pictures; None: mirrors are not matched
 
     def take(self, rows: np.ndarray) -> "NearHashes":
-        if self.thumbnails is None:
-            return NearHashes(self.phash[rows], self.crops[rows], self.colours[rows])
+        def rows_of(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
         return NearHashes(
-            self.phash[rows], self.crops[rows], self.colours[rows],
-            self.thumbnails[rows], self.texture[rows], self.aspect[rows],
+            self.phash[rows], self.crops[rows], self.colours[rows], rows_of(self.thumbnails),
+            rows_of(self.texture), rows_of(self.aspect), rows_of(self.mirror),
         )
 
     def __len__(self) -> int:
@@ -98,6 +111,7 @@ class NearHashes:
             thumbnails.reshape(len(valid), THUMB_BYTES),
             usable.column("texture").to_numpy(zero_copy_only=False).astype(np.float32),
             usable.column("aspect").to_numpy(zero_copy_only=False).astype(np.float32),
+            usable.column("mirror_phash").to_numpy(zero_copy_only=False).astype(np.uint64),
         )
 
 
@@ -138,12 +152,14 @@ def image_hashes(blob: bytes) -> ImageHashes:
         for fx in CROP_OFFSETS
         for fy in CROP_OFFSETS
     ]
-    statistics = ImageStat.Stat(rgb)  # from the per-band histograms, in C
+    mirror_phash = phash_of(grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    box = content_box(rgb)  # moments without the padding, whose share differs between cropped copies
+    statistics = ImageStat.Stat(rgb.crop(box))  # from the per-band histograms, in C
     moments = tuple(float(v) for v in [*statistics.mean, *statistics.stddev])
-    thumbnails, texture, aspect = content_features(rgb)
+    thumbnails, texture, aspect = content_features(rgb, box)
     return ImageHashes(
-        hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), moments,
-        thumbnails, texture, aspect,
+        hashlib.sha256(blob).hexdigest(), pixels.hexdigest(), phash_of(grey), tuple(crops), mirror_phash,
+        moments, thumbnails, texture, aspect,
     )
 
 
@@ -164,7 +180,8 @@ def hash_rows(named_images: list[tuple[str, bytes | None]]) -> pa.Table:
             continue
         rows.append(
             {"key": key, "sha256": hashes.sha256, "pixel_hash": hashes.pixel_hash, "phash": hashes.phash,
-             "crop_hashes": list(hashes.crop_hashes), "colour_moments": list(hashes.colour_moments),
+             "crop_hashes": list(hashes.crop_hashes), "mirror_phash": hashes.mirror_phash,
+             "colour_moments": list(hashes.colour_moments),
              "thumbnails": hashes.thumbnails, "texture": hashes.texture, "aspect": hashes.aspect}
         )
     table = pa.Table.from_pylist(rows, schema=HASH_SCHEMA) if rows else HASH_SCHEMA.empty_table()
@@ -231,23 +248,29 @@ def hamming(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.unpackbits(xor.astype(">u8").view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(axis=-1)
 
 
-def near_distance(left: NearHashes, right: NearHashes) -> np.ndarray:
+def near_distance(left: NearHashes, right: NearHashes, *, mirrors: bool = False) -> np.ndarray:
     """Hamming distance of aligned pairs: the smallest between the full hash of one and any hash
-    (full or crop) of the other."""
+    (full, crop, and with ``mirrors`` mirrored) of the other."""
+    straight, mirrored = oriented_distances(left, right)
+    return np.minimum(straight, mirrored) if mirrors else straight
+
+
+def oriented_distances(left: NearHashes, right: NearHashes) -> tuple[np.ndarray, np.ndarray]:
+    """(straight, mirrored) Hamming distances of aligned pairs. Straight: the full hash of one against
+    the full and crop hashes of the other; mirrored: the full hash of one against the mirrored hash of
+    the other (``HASH_BITS + 1``, out of any radius, where either side has no mirrored hash)."""
     full = hamming(left.phash, right.phash)
     left_in_right = hamming(left.phash[:, None], right.crops).min(axis=1)
     right_in_left = hamming(right.phash[:, None], left.crops).min(axis=1)
-    return np.minimum(full, np.minimum(left_in_right, right_in_left))
+    straight = np.minimum(full, np.minimum(left_in_right, right_in_left))
+    if left.mirror is None or right.mirror is None:
+        return straight, np.full(len(straight), HASH_BITS + 1, dtype=straight.dtype)
+    return straight, np.minimum(hamming(left.phash, right.mirror), hamming(left.mirror, right.phash))
 
 
 def colour_distance(left: NearHashes, right: NearHashes) -> np.ndarray:
     """Largest difference of the six colour moments, per aligned pair."""
     return np.abs(left.colours - right.colours).max(axis=1)
-
-
-# Largest colour difference (0-255) of the content thumbnails that verify a near pair: 5% one-sided
-# crops reach 52-62 on the test corpus; unrelated pictures on the same background lie far above.
-THUMBNAIL_TOLERANCE = 64.0
 
 
 def near_matches(
@@ -257,20 +280,28 @@ def near_matches(
     colour_tolerance: float,
     *,
     thumbnail_tolerance: float | None = THUMBNAIL_TOLERANCE,
+    mirrors: bool = False,
     exhaustive_limit: int = 2_000_000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query row, reference row, Hamming distance) with :func:`near_distance` ≤ ``radius`` and
     colour moments within ``colour_tolerance``; one row per pair. Unless ``thumbnail_tolerance`` is None
     (and given thumbnails on both sides), each pair must also pass :func:`mmdata.curate.thumbnails.verified`.
+    With ``mirrors`` (and mirrored hashes on both sides), a picture flipped left to right matches too:
+    where only the mirrored hash is within the radius, one side's thumbnails are mirrored to verify.
 
-    Each side's full hashes are range-searched against the other side's full and crop hashes. Up to
-    ``exhaustive_limit`` indexed hashes the search is an exact faiss flat scan; beyond it, faiss's
-    multi-index hashing (4 tables of 16 bits, enough bit flips per table that, by pigeonhole, every
-    pair within ``radius`` shares a probed bucket), which is exact too but sub-quadratic.
+    Each side's full hashes are range-searched against the other side's full, crop (and mirrored)
+    hashes. Up to ``exhaustive_limit`` indexed hashes the search is an exact faiss flat scan; beyond
+    it, faiss's multi-index hashing (4 tables of 16 bits, enough bit flips per table that, by
+    pigeonhole, every pair within ``radius`` shares a probed bucket), which is exact too but sub-quadratic.
     """
+    if not mirrors or query.mirror is None or reference.mirror is None:
+        query, reference = replace(query, mirror=None), replace(reference, mirror=None)
     found = []
     for searched, indexed, swap in ((query, reference, False), (reference, query, True)):
-        codes = np.concatenate([indexed.phash[:, None], indexed.crops], axis=1)
+        codes = np.concatenate(
+            [indexed.phash[:, None], indexed.crops, *([] if indexed.mirror is None else [indexed.mirror[:, None]])],
+            axis=1,
+        )
         owners = np.repeat(np.arange(len(indexed)), codes.shape[1])
         searched_rows, indexed_rows = _range_search(
             to_codes(codes.reshape(-1)), to_codes(searched.phash), radius, exhaustive_limit
@@ -281,14 +312,21 @@ def near_matches(
     if not len(pairs):
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     left, right = query.take(pairs[:, 0]), reference.take(pairs[:, 1])
-    distance = near_distance(left, right)
+    straight, mirrored = oriented_distances(left, right)
+    distance = np.minimum(straight, mirrored)
     keep = (distance <= radius) & (colour_distance(left, right) <= colour_tolerance)
     if thumbnail_tolerance is not None and left.thumbnails is not None and right.thumbnails is not None:
-        rows = np.flatnonzero(keep)
-        keep[rows] = verified(
-            left.thumbnails[rows], right.thumbnails[rows], left.texture[rows], right.texture[rows],
-            left.aspect[rows], right.aspect[rows], thumbnail_tolerance,
-        )
+        candidates = np.flatnonzero(keep)
+        keep[:] = False
+        for flip, within in ((False, straight), (True, mirrored)):
+            rows = candidates[(within[candidates] <= radius) & ~keep[candidates]]
+            right_thumbnails = mirrored_thumbnails(right.thumbnails[rows]) if flip else right.thumbnails[rows]
+            agree = verified(
+                left.thumbnails[rows], right_thumbnails, left.texture[rows], right.texture[rows],
+                left.aspect[rows], right.aspect[rows], thumbnail_tolerance,
+            )
+            keep[rows[agree]] = True
+            distance[rows[agree]] = within[rows[agree]]
     return pairs[keep, 0], pairs[keep, 1], distance[keep]
 
 

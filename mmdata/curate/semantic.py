@@ -144,22 +144,29 @@ def balanced_batches(groups: list[np.ndarray], batches: int) -> list[list[np.nda
     return [bucket for bucket in buckets if bucket]
 
 
+def semantic_groups(embeddings: np.ndarray, config: SemanticConfig) -> list[np.ndarray]:
+    """Row ids of each k-means cluster (boundary rows in two): the groups compared within."""
+    return cluster_members(*assign_clusters(embeddings, config))
+
+
 def semantic_edges(
     embeddings: np.ndarray,
     config: SemanticConfig,
     *,
     executor: Executor | None = None,
     tasks: int = 64,
+    groups: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Duplicate edges among ``embeddings`` rows (any float dtype; normalised per cluster).
 
     With an ``executor`` the embeddings are shared once with its workers and clusters are compared
-    by ``tasks`` tasks of balanced cost; otherwise clusters run one after the other here.
+    by ``tasks`` tasks of balanced cost; otherwise clusters run one after the other here. ``groups``:
+    the clusters from :func:`semantic_groups`, when the caller has them already.
     """
     if len(embeddings) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     threshold = 1.0 - config.eps
-    groups = cluster_members(*assign_clusters(embeddings, config))
+    groups = semantic_groups(embeddings, config) if groups is None else groups
     if executor is None:
         return batch_duplicate_edges(embeddings, groups, threshold, config.block_rows)
     shared = executor.share(embeddings)

@@ -44,7 +44,7 @@ class Planted:
 
     name: str
     base: int
-    kind: str  # "original", an EXACT/NEAR/SEMANTIC kind, or "lookalike" (base = the scene it imitates)
+    kind: str  # "original", an EXACT/NEAR/SEMANTIC kind, "lookalike" (base = the scene it imitates) or "unique"
     image: bytes
     image_format: str
     scene: Scene
@@ -131,8 +131,10 @@ def variant(image: Image.Image, kind: str, rng: np.random.Generator) -> tuple[Im
     raise ValueError(kind)
 
 
-def build_corpus(bases: int = 60, *, seed: int = 0) -> list[Planted]:
-    """``bases`` originals (JPEG q90), each with one duplicate of every kind and one look-alike."""
+def build_corpus(bases: int = 60, *, seed: int = 0, uniques: int = 0) -> list[Planted]:
+    """``bases`` originals (JPEG q90), each with one duplicate of every kind and one look-alike; then
+    ``uniques`` pictures of scenes of their own, with no duplicate (kind "unique"), as most of a real
+    dataset is."""
     rng = np.random.default_rng(seed)
     corpus: list[Planted] = []
     for base in range(bases):
@@ -159,6 +161,9 @@ def build_corpus(bases: int = 60, *, seed: int = 0) -> list[Planted]:
         corpus.append(Planted(
             f"b{base}-lookalike", base, "lookalike", encode(render(alike), "jpeg", quality=90), "jpg", alike
         ))
+    for unique in range(bases, bases + uniques):
+        scene = random_scene(rng)
+        corpus.append(Planted(f"u{unique}", unique, "unique", encode(render(scene), "jpeg", quality=90), "jpg", scene))
     return corpus
 
 

@@ -24,7 +24,7 @@ TIERS = ("exact", "near", "semantic")
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
-    corpus = build_corpus(40, seed=3)
+    corpus = build_corpus(40, seed=3, uniques=120)  # redraws: 1 in 5 of the samples without a pixel copy
     rng = np.random.default_rng(0)
     scores = [0.9 if item.kind == "original" else float(rng.uniform(0.2, 0.6)) for item in corpus]
     keys = write_dataset(
@@ -92,10 +92,17 @@ def test_each_tier_meets_precision_and_recall(planted, capsys):
         assert metrics[tier]["recall"] >= 0.9, (tier, metrics)
     assert metrics["semantic"]["flagged"] > 0, metrics  # the redraws the hashes miss are caught semantically
     rows = table.to_pylist()
-    assert all(row["duplicate_of"] is None for row in rows if items[row["key"]].kind in ("original", "lookalike"))
-    counts = json.loads(table.schema.metadata[b"mmdata.dedup"])["counts"]
+    assert all(row["duplicate_of"] is None for row in rows
+               if items[row["key"]].kind in ("original", "lookalike", "unique"))
+    settings = json.loads(table.schema.metadata[b"mmdata.dedup"])
+    counts = settings["counts"]
     assert counts["kept"] + counts["exact"] + counts["near"] + counts["semantic"] == counts["examined"] == len(items)
     assert f"{counts['semantic']:>12,}" in printed
+    # the semantic tier's check found the threshold in a gap between neighbours and copies
+    check = settings["semantic_check"]
+    assert check["ran"] and not check["refused"] and check["separated"] and check["verdict"].startswith("ok:")
+    assert check["copies_above_threshold"] == 1.0 and check["nearest_neighbour"]["q50"] < check["threshold"]
+    assert f"semantic check          {check['verdict']}" in printed
     # the explanation: similarity in the tier's own measure, between the sample and its kept twin
     for row in rows:
         if row["dup_reason"] == "exact":

@@ -16,7 +16,7 @@ from PIL import Image
 import mmdata
 from mmdata import layout
 from mmdata.curate.hashes import NearHashes, hash_rows
-from mmdata.curate.thumbnails import content_box, verified
+from mmdata.curate.thumbnails import BAR_MARGIN, THUMBNAIL_TOLERANCE, content_box, verified
 from mmdata.download.image import ImageOptions, process_image
 from mmdata.shard_output import shard_output
 from mmdata.synthetic import Scene, SyntheticConfig, draw_scene, encode, generate_corpus, near_duplicate
@@ -103,11 +103,14 @@ def test_content_is_compared_without_the_border_padding():
               stored(near_duplicate(original, "colour_shift", rng)), stored(other_shape)]
     with Image.open(io.BytesIO(images[0])) as padded:
         left, top, right, bottom = content_box(padded.convert("RGB"))
-    # 2:1 picture, white bars above and below
-    assert (left, right) == (0, 256) and abs(top - 64) <= 1 and abs(bottom - 192) <= 1
+    # 2:1 picture, white bars above and below (rows 0-63 and 192-255), trimmed but for a margin of
+    # BAR_MARGIN of the picture's height
+    margin = BAR_MARGIN * 128
+    assert (left, right) == (0, 256) and abs(top - (64 - margin)) <= 3 and abs(bottom - (192 + margin)) <= 3
     _, hashes = NearHashes.from_table(hash_rows([(str(i), blob) for i, blob in enumerate(images)]))
     first = hashes.take(np.zeros(4, dtype=np.int64))
     agree = verified(
-        first.thumbnails, hashes.thumbnails, first.texture, hashes.texture, first.aspect, hashes.aspect, 64.0
+        first.thumbnails, hashes.thumbnails, first.texture, hashes.texture, first.aspect, hashes.aspect,
+        THUMBNAIL_TOLERANCE,
     )
     assert agree.tolist() == [True, True, True, False]  # itself, the crop, the brightness shift; not the other shape

@@ -39,6 +39,11 @@ def _check_outputs(workdir, quality, settings):
     assert set(statuses["undecodable"]) == {"failed_to_decode"}
     assert quality["dedup"]["recall"]["exact_dup"]["recall"] == 1.0
     assert quality["dedup"]["precision"]["exact"]["precision"] == 1.0
+    # the semantic tier is precise, or its check left it off and said why
+    semantic, check = quality["dedup"]["precision"]["semantic"], quality["dedup"]["semantic_check"]
+    assert (semantic["flagged"] > 0 and semantic["precision"] >= 0.9) or (
+        not check["ran"] and semantic["flagged"] == 0 and check["verdict"].startswith("refused: ")
+    ), (semantic, check)
     curated = pq.read_table(workdir / "curated" / "00000.parquet")
     assert curated.num_rows > 0 and set(curated.column("status").to_pylist()) == {"success"}
     for folder, steps in (("filter-network", settings["train_steps"]), ("student", settings["student_steps"])):
@@ -92,6 +97,7 @@ def test_demo_finds_mismatched_captions_and_duplicates(full_demo, capsys):
     assert quality["auc_mismatched"] >= 0.9
     assert quality["view"]["kept_precision"] >= 0.95
     assert quality["dedup"]["recall"]["near_dup"]["recall"] >= 0.9
+    assert quality["dedup"]["precision"]["near"]["precision"] >= 0.98
     assert "ROC AUC of clip_score" in printed
     assert f"steps trained: filter-network {FULL['train_steps']}, student {FULL['student_steps']}" in printed
     # Re-running the finished demo skips every stage that has outputs.
