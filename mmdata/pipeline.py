@@ -83,6 +83,18 @@ def _filter_complete(*, dataset: str, view: str, storage_options: dict | None = 
     return (layout.views_dir(layout.dataset(dataset, storage_options)) / f"{view}.parquet").exists()
 
 
+def _annotate(*, dataset: str, **options):
+    import mmdata
+
+    return mmdata.annotate(dataset, **options)
+
+
+def _balance(*, dataset: str, **options):
+    import mmdata
+
+    return mmdata.balance(dataset, **options)
+
+
 def _dedup(*, dataset: str, **options):
     import mmdata
 
@@ -127,11 +139,15 @@ def _demo_complete(name: str) -> Callable[..., bool]:
 
 
 STAGES: dict[str, Stage] = {
-    "download": Stage(_download, lambda *, output_dir, storage_options=None, **_: _manifest_written(
-        output_dir, storage_options), uses_executor=True),
+    # img2dataset's spelling (output_folder, default "images") works in a pipeline too
+    "download": Stage(_download, lambda *, output_dir=None, output_folder="images", storage_options=None, **_:
+                      _manifest_written(output_dir or output_folder, storage_options), uses_executor=True),
     "score": Stage(_score, _score_complete, uses_executor=True),
+    "annotate": Stage(_annotate, uses_executor=True),  # skips the shards it annotated already
     "dedup": Stage(_dedup, _dedup_complete, uses_executor=True),
     "filter": Stage(_filter, _filter_complete),
+    "balance": Stage(_balance, lambda *, view="balanced", **options: _filter_complete(view=view, **options),
+                     uses_executor=True),
     "reshard": Stage(_reshard, lambda *, output, storage_options=None, **_: _manifest_written(
         output, storage_options), uses_executor=True),
     "report": Stage(_report),

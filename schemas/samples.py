@@ -1,7 +1,7 @@
 """Per-shard download metadata: one row per input row, successes and failures alike.
 
 Field names follow img2dataset (key, url, caption, status, error_message, width, height,
-original_width, original_height, sha256) so tools written for its output keep working.
+original_width, original_height, sha256/md5/sha512, exif) so tools written for its output keep working.
 """
 
 from dataclasses import dataclass
@@ -87,7 +87,12 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("original_width", pa.int32()),
         pa.field("original_height", pa.int32()),
+        # The downloaded body's hash, in the column of the algorithm ``compute_hash`` names (img2dataset's).
         pa.field("sha256", pa.string()),
+        pa.field("md5", pa.string()),
+        pa.field("sha512", pa.string()),
+        # img2dataset's exif column: a JSON object of the EXIF tags as exifread prints them ("{}": none).
+        pa.field("exif", pa.string()),
         pa.field("http_status", pa.int32()),
         pa.field("byte_count", pa.int64()),
         pa.field("image_format", pa.string()),
@@ -98,6 +103,9 @@ SAMPLE_SCHEMA = pa.schema(
     ],
     metadata={"mmdata.schema": "samples/1"},
 )
+
+# The hash algorithms of compute_hash and verify_hash: exactly the hash columns above.
+HASH_FIELDS = ("md5", "sha256", "sha512")
 
 # The groups of SAMPLE_SCHEMA's fields, by who sets them. A (re)download sets every OUTCOME_FIELDS
 # column and clears those it does not fill, so a retried row keeps nothing of its last attempt.

@@ -1,14 +1,22 @@
-"""``mmdata download INPUT --output DIR``: URL+caption tables to WebDataset shards (img2dataset's layout)."""
+"""``mmdata download INPUT --output DIR``: URL+caption tables to WebDataset shards (img2dataset's layout).
+
+img2dataset's command line works too, as python-fire reads it (``mmdata download --url_list=urls.txt
+--output_folder=out --thread_count=64``): every flag of this command defaults to "not typed", so the
+library gets only what the user typed, img2dataset's names included, and maps them in one place
+(:mod:`mmdata.download.img2dataset_options`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 
 from mmdata.cli._defaults import defaults_from
-from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
+from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, storage_options
+from mmdata.download.img2dataset_options import EXTRA_FIRE_OPTIONS, OPTIONS
 
 _OWNERS = ("mmdata.download.config:DownloadConfig", "mmdata.download.inputs:InputSpec",
-           "mmdata.download.image:ImageOptions", "mmdata.download.net:FetchPolicy")
+           "mmdata.download.image:ImageOptions", "mmdata.download.net:FetchPolicy", "mmdata.download.job:RunOptions")
 # Flags that carry a value, in the order of ``--help``: (flag, option name, type, help).
 _VALUE_FLAGS = (
     ("--input-format", "input_format", str, "parquet|csv|tsv|jsonl|txt (default: from the extension)"),
@@ -40,6 +48,11 @@ _VALUE_FLAGS = (
 _SWITCHES = ("no_header", "skip_reencode", "retry_failed", "shard_digits")
 _OPTIONS = (*(name for _, name, _, _ in _VALUE_FLAGS), *_SWITCHES, "columns", "save_additional_columns",
             "disallowed_header_directives", "allow_network")
+_PASSED = ("input", "output_dir", *_OPTIONS, *OPTIONS, *EXTRA_FIRE_OPTIONS)
+_FIRE_SYNTAX = """img2dataset's command line as python-fire reads it: --name value or --name=value; a flag
+alone (--skip_reencode) is True, --noskip_reencode False; lists as a,b or '["a","b"]'; None for
+none. A command that names --url_list or --output_folder gets img2dataset's defaults for what it
+leaves out (256 threads, 1 process, no caption column, no retries). Each flag says what it does here."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,51 +60,106 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "download",
         help="download URL+caption tables into WebDataset shards with Parquet metadata",
         description="Download the images of a URL+caption table into DIR/00000.tar, 00000.parquet, "
-        "00000_stats.json, ... and DIR/manifest.json (written last). Re-running resumes.",
+        "00000_stats.json, ... and DIR/manifest.json (written last). Re-running resumes. img2dataset's "
+        "command line works as is (see its options below).",
         formatter_class=defaults_from(*_OWNERS),
+        argument_default=argparse.SUPPRESS,  # absent unless typed: the library holds every default
     )
-    parser.add_argument("input", help="file or folder (a path or URL) of parquet, csv, tsv, jsonl or txt (or .gz)")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR",
-                        help="dataset folder to write: a local path or a URL (s3://bucket/ds, gs://...)")
-    parser.add_argument("--shard-digits", dest="shard_digits", type=int, metavar="N",
-                        help="digits of shard names, img2dataset's oom_shard_count (default 5, or more when the "
-                        "input's row count needs them)")
-    parser.add_argument("--no-header", action="store_true", default=None,
-                        help="csv/tsv whose first line is data (use --columns)")
-    parser.add_argument("--columns", type=_names, metavar="NAMES",
-                        help="names of a headerless file's columns, e.g. caption,url")
-    parser.add_argument("--save-additional-columns", type=_names, metavar="NAMES",
-                        help="input columns to keep in the metadata, a,b")
-    parser.add_argument("--skip-reencode", action="store_true", default=None,
-                        help="keep the original bytes when nothing changes")
-    parser.add_argument(
+    flags = _Flags(parser)
+    flags.add("input", nargs="?", help="file or folder (a path or URL) of parquet, csv, tsv, jsonl or txt (or .gz); "
+              "img2dataset's --url_list")
+    flags.add("--output", "-o", dest="output_dir", metavar="DIR",
+              help="dataset folder to write: a local path or a URL (s3://bucket/ds, gs://...); img2dataset's "
+              "--output_folder")
+    flags.add("--shard-digits", dest="shard_digits", type=int, metavar="N",
+              help="digits of shard names, img2dataset's oom_shard_count (default 5, or more when the "
+              "input's row count needs them)")
+    flags.add("--no-header", action="store_true", help="csv/tsv whose first line is data (use --columns)")
+    flags.add("--columns", type=_names, metavar="NAMES", help="names of a headerless file's columns, e.g. caption,url")
+    flags.add("--save-additional-columns", type=_names, metavar="NAMES",
+              help="input columns to keep in the metadata, a,b")
+    flags.add("--skip-reencode", action="store_true", help="keep the original bytes when nothing changes")
+    flags.add(
         "--disallowed-header-directives",
         type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
         metavar="NAMES",
         help="X-Robots-Tag directives that opt an image out (default %(library_default)s; '' honours none)",
     )
-    parser.add_argument(
-        "--allow-network",
-        action="append",
-        metavar="CIDR",
-        help="allow addresses in this private/loopback range (repeatable), e.g. 127.0.0.1/32",
-    )
-    parser.add_argument("--retry-failed", action="store_true", default=None,
-                        help="re-attempt rows whose failure was transient")
+    flags.add("--allow-network", action="append", metavar="CIDR",
+              help="allow addresses in this private/loopback range (repeatable), e.g. 127.0.0.1/32; "
+              "python-fire style: --allow_network=127.0.0.1/32,10.0.0.0/8")
+    flags.add("--retry-failed", action="store_true", help="re-attempt rows whose failure was transient")
     for flag, name, value_type, text in _VALUE_FLAGS:
-        parser.add_argument(flag, dest=name, type=value_type, help=text)
+        flags.add(flag, dest=name, type=value_type, help=text)
     add_storage_flag(parser)
     add_execution_flags(parser)
+    flags.add_fire_options(parser.add_argument_group("img2dataset's options", _FIRE_SYNTAX))
     parser.set_defaults(handler=run)
+
+
+class _Flags:
+    """Adds the command's flags, remembering the option strings taken so img2dataset's spellings
+    only add the ones that are free (the shared flags of ``_flags`` share no name with img2dataset)."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        self.taken: set[str] = set()
+
+    def add(self, *names: str, target=None, **settings) -> None:
+        (target or self.parser).add_argument(*names, **settings)
+        self.taken.update(names)
+
+    def add_fire_options(self, group) -> None:
+        """One flag per img2dataset option (and --allow_network), valued as python-fire reads it."""
+        for name, option in OPTIONS.items():
+            if f"--{name}" in self.taken:  # --timeout, --retries: the same flag either way
+                continue
+            spellings = [f"--{spelling}" for spelling in dict.fromkeys((name, name.replace("_", "-")))]
+            spellings = [spelling for spelling in spellings if spelling not in self.taken]
+            if option.kind == "bool":
+                self.add(*spellings, dest=name, type=fire_value, nargs="?", const=True, metavar="BOOL",
+                         help=option.help, target=group)
+                self.add(f"--no{name}", dest=name, action="store_const", const=False, help=argparse.SUPPRESS,
+                         target=group)
+            else:
+                self.add(*spellings, dest=name, type=fire_value, metavar="VALUE", help=option.help, target=group)
+        for name in EXTRA_FIRE_OPTIONS:
+            self.add(f"--{name}", dest=name, type=fire_value, metavar="VALUE", help=argparse.SUPPRESS, target=group)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from mmdata.download.job import download, summary_text
 
-    manifest = download(input=arguments.input, output_dir=arguments.output, **given(arguments, _OPTIONS),
-                        **storage_options(arguments), **execution_options(arguments))
+    typed = {name: getattr(arguments, name) for name in _PASSED if hasattr(arguments, name)}
+    manifest = download(**typed, **storage_options(arguments), **execution_options(arguments))
     print(summary_text(manifest))
     return 0
+
+
+def fire_value(text: str):
+    """A value read the way python-fire reads it (img2dataset's command line): a Python literal when
+    the text is one (5, 0.5, True, None, [a, b], a,b), bare words inside it taken as strings; else
+    the text as typed (a path, a URL, a word)."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError):
+        return text
+    if isinstance(tree.body, ast.BinOp) or isinstance(tree.body, ast.Name) and tree.body.id not in _CONSTANTS:
+        return text  # data/urls.txt, or one word: kept exactly as typed
+    try:
+        return ast.literal_eval(_BareWords().visit(tree))
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return text
+
+
+_CONSTANTS = ("True", "False", "None")
+
+
+class _BareWords(ast.NodeTransformer):
+    """python-fire's reading of bare words inside a literal: ``[uid, url]`` is ``["uid", "url"]``."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return node if node.id in _CONSTANTS else ast.copy_location(ast.Constant(node.id), node)
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -23,6 +23,13 @@ from mmdata.storage import Location, location
 
 # Flat option names that differ from the owning dataclass's field name.
 _ALIASES = {"input": "path", "allow_network": "allowed_networks"}
+# Options added after datasets were first fingerprinted, with the value that leaves the shards as
+# they were then: at that value they are left out of the fingerprint, so those datasets still resume.
+_LATER_OPTIONS = {
+    "input": {"bbox_col": None, "verify_hash": None},
+    "image": {"resize_only_if_bigger": False, "upscale_interpolation": "lanczos", "downscale_interpolation": "bicubic",
+              "max_image_area": None, "compute_hash": "sha256", "extract_exif": True, "disable_all_reencoding": False},
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +65,9 @@ class DownloadConfig:
             raise ValueError(f"shard_size must be a positive integer, got {self.shard_size!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.input.bbox_col is not None and self.image.disable_all_reencoding:
+            raise ValueError("bbox_col blurs the boxes, which needs the image re-encoded: "
+                             "drop disable_all_reencoding (or bbox_col)")
 
     @classmethod
     def from_options(cls, **options) -> "DownloadConfig":
@@ -98,7 +108,12 @@ class DownloadConfig:
 
     def fingerprint(self) -> str:
         """Hash of the options that shape the stored shards; a resume must not mix shards of two settings."""
-        shaping = {"input": self.to_dict()["input"], "shard_size": self.shard_size, "image": self.to_dict()["image"]}
+        options = self.to_dict()
+        shaping = {"input": options["input"], "shard_size": self.shard_size, "image": options["image"]}
+        for group, defaults in _LATER_OPTIONS.items():
+            for name, default in defaults.items():
+                if shaping[group][name] == default:
+                    del shaping[group][name]
         if self.shard_digits not in (None, layout.SHARD_DIGITS):  # so earlier datasets' fingerprints stay valid
             shaping["shard_digits"] = self.shard_digits
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]

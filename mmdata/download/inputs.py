@@ -1,14 +1,21 @@
-"""Read URL+caption tables (parquet, csv, tsv, jsonl, txt; optionally .gz) as fixed-size shards.
+"""Read URL+caption tables (parquet, csv, tsv, jsonl, json, txt; optionally .gz) as fixed-size shards.
 
 Every input row becomes exactly one output row, in file order, files in sorted name order, so
 the same input always yields the same shards: resuming a download relies on it. Readers stream
-Arrow batches (a 3.3M-row TSV is never held as Python objects).
+Arrow batches (a 3.3M-row TSV is never held as Python objects; a JSON array is read one element
+at a time).
+
+Besides url and caption, a shard carries the columns the download needs per row and stores: the
+saved additional columns, the boxes to blur (``bbox_col``, under its own name) and the hash to
+verify (``verify_hash``'s column, renamed to :func:`expected_hash_column`: a retry of the row needs
+it again, and img2dataset's name for it, the algorithm's, is the computed hash's column).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterator
@@ -18,15 +25,23 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from mmdata.schemas.samples import SAMPLE_SCHEMA
+from mmdata.schemas.samples import HASH_FIELDS, SAMPLE_SCHEMA
 from mmdata.storage import Location, location
 
-INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
+INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 _EXTENSIONS = {
-    ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt",
+    ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+    ".txt": "txt",
 }
 _BLOCK_BYTES = 1 << 20  # the streaming CSV reader reads ~32 blocks ahead: keep that bounded
 _TXT_BATCH_ROWS = 65_536
+# Sample fields an input column may fill when saved: DataComp's uid replaces the one mmdata computes.
+_SAVABLE_SAMPLE_FIELDS = ("uid",)
+
+
+def expected_hash_column(algorithm: str) -> str:
+    """The column holding the hash a row's body must have (``verify_hash``), e.g. ``expected_sha256``."""
+    return f"expected_{algorithm}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +55,11 @@ class InputSpec:
     no_header: bool = False  # csv/tsv whose first line is data (CC3M)
     columns: tuple[str, ...] | None = None  # names for a headerless file's columns
     save_additional_columns: tuple[str, ...] = ()
+    # Boxes to blur: a list of [x_min, y_min, x_max, y_max] fractions of the image per row (DataComp's
+    # face_bboxes); stored under the same name.
+    bbox_col: str | None = None
+    # (column, algorithm): a body whose hash is not the column's value fails (img2dataset's verify_hash).
+    verify_hash: tuple[str, str] | None = None
     storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +70,9 @@ class InputSpec:
         if self.columns is not None:
             object.__setattr__(self, "columns", tuple(self.columns))
         object.__setattr__(self, "save_additional_columns", tuple(self.save_additional_columns))
+        if self.input_format is not None and self.input_format.endswith(".gz"):
+            # img2dataset's "csv.gz": compression is told from each file's name here
+            object.__setattr__(self, "input_format", self.input_format[: -len(".gz")])
         if self.input_format is not None and self.input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
         if not self.url_col:
@@ -71,11 +94,50 @@ class InputSpec:
         for name in extra:
             if name in (self.url_col, self.caption_col):
                 raise ValueError(f"{name!r} is already saved as url/caption; drop it from save_additional_columns")
-            if name in SAMPLE_SCHEMA.names:
+            if name in SAMPLE_SCHEMA.names and name not in _SAVABLE_SAMPLE_FIELDS:
                 raise ValueError(
                     f"additional column {name!r} would overwrite the sample field of the same name; "
                     "rename it in the input first"
                 )
+        self._check_row_columns()
+
+    def _check_row_columns(self) -> None:
+        if self.bbox_col is not None:
+            if not isinstance(self.bbox_col, str) or not self.bbox_col:
+                raise ValueError(f"bbox_col must name the column holding the boxes, got {self.bbox_col!r}")
+            if self.bbox_col in (self.url_col, self.caption_col) or self.bbox_col in SAMPLE_SCHEMA.names:
+                raise ValueError(f"bbox_col {self.bbox_col!r} is the name of another column; rename it in the input")
+        if self.verify_hash is None:
+            return
+        if isinstance(self.verify_hash, str) or len(self.verify_hash) != 2:
+            raise ValueError(
+                f"verify_hash takes [column, algorithm], e.g. ['sha256', 'sha256'], got {self.verify_hash!r}"
+            )
+        column, algorithm = self.verify_hash
+        object.__setattr__(self, "verify_hash", (column, algorithm))
+        if algorithm not in HASH_FIELDS:
+            raise ValueError(f"verify_hash's algorithm must be one of {', '.join(HASH_FIELDS)}, got {algorithm!r}")
+        if not isinstance(column, str) or not column or column in (self.url_col, self.caption_col, self.bbox_col):
+            raise ValueError(f"verify_hash's column must name the column of expected hashes, got {column!r}")
+        if expected_hash_column(algorithm) in (*self.save_additional_columns, self.bbox_col):
+            raise ValueError(f"verify_hash stores the expected hash as {expected_hash_column(algorithm)!r}, "
+                             "a column the input also saves: rename it in the input")
+
+    @property
+    def row_columns(self) -> tuple[str, ...]:
+        """The columns after url and caption in every shard, in order: the saved additional columns,
+        then the boxes (when not saved already) and the expected hash."""
+        names = list(self.save_additional_columns)
+        if self.bbox_col is not None and self.bbox_col not in names:
+            names.append(self.bbox_col)
+        if self.verify_hash is not None:
+            names.append(expected_hash_column(self.verify_hash[1]))
+        return tuple(names)
+
+    def _source_columns(self) -> tuple[str, ...]:
+        """The input's names of :attr:`row_columns`."""
+        renamed = {} if self.verify_hash is None else {expected_hash_column(self.verify_hash[1]): self.verify_hash[0]}
+        return tuple(renamed.get(name, name) for name in self.row_columns)
 
 
 def input_files(spec: InputSpec) -> list[tuple[Location, str]]:
@@ -111,7 +173,7 @@ def _folder_files(path: Location, input_format: str | None) -> list[tuple[Locati
 
 def iter_input_shards(spec: InputSpec, shard_size: int) -> Iterator[pa.Table]:
     """Consecutive tables of exactly ``shard_size`` rows (the last may be shorter) with columns
-    url, caption, then the additional columns in order."""
+    url, caption, then :attr:`InputSpec.row_columns` in order."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size!r}")
     pending: list[pa.RecordBatch] = []
@@ -162,7 +224,7 @@ def _format_from_name(path: Location, *, strict: bool) -> str | None:
 def _iter_batches(spec: InputSpec) -> Iterator[pa.RecordBatch]:
     readers = {
         "parquet": _read_parquet, "csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
-        "txt": _read_txt,
+        "json": _read_json_array, "txt": _read_txt,
     }
     for path, file_format in input_files(spec):
         try:
@@ -173,9 +235,10 @@ def _iter_batches(spec: InputSpec) -> Iterator[pa.RecordBatch]:
 
 
 def _select(batch: pa.RecordBatch, spec: InputSpec, path: Location) -> pa.RecordBatch:
-    """url, caption, additional columns; url and caption as (nullable) strings."""
+    """url, caption, the row columns; url, caption and the expected hash as (nullable) strings."""
     names = batch.schema.names
-    missing = [name for name in (spec.url_col, *spec.save_additional_columns) if name not in names]
+    sources = spec._source_columns()
+    missing = [name for name in dict.fromkeys((spec.url_col, *sources)) if name not in names]
     if missing:
         raise ValueError(f"{str(path)!r} has no column(s) {missing}; columns found: {names}")
     url = _as_string(batch.column(spec.url_col))
@@ -183,8 +246,10 @@ def _select(batch: pa.RecordBatch, spec: InputSpec, path: Location) -> pa.Record
         caption = _as_string(batch.column(spec.caption_col))
     else:
         caption = pa.nulls(batch.num_rows, pa.string())
-    arrays = [url, caption, *(batch.column(name) for name in spec.save_additional_columns)]
-    return pa.RecordBatch.from_arrays(arrays, names=["url", "caption", *spec.save_additional_columns])
+    arrays = [url, caption, *(batch.column(name) for name in sources)]
+    if spec.verify_hash is not None:
+        arrays[-1] = _as_string(arrays[-1])
+    return pa.RecordBatch.from_arrays(arrays, names=["url", "caption", *spec.row_columns])
 
 
 def _as_string(array: pa.Array) -> pa.Array:
@@ -201,7 +266,7 @@ def _cast_like(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 def _wanted_columns(spec: InputSpec, available: list[str]) -> list[str]:
     """The columns to parse, in file order; missing ones are reported by _select."""
-    wanted = {spec.url_col, spec.caption_col, *spec.save_additional_columns}
+    wanted = {spec.url_col, spec.caption_col, *spec._source_columns()}
     return [name for name in available if name in wanted]
 
 
@@ -246,11 +311,119 @@ def _read_jsonl(path: Location, _format: str, spec: InputSpec) -> Iterator[pa.Re
         names = peek.schema.names
     if spec.url_col not in names:
         raise ValueError(f"{str(path)!r} has no field {spec.url_col!r}; fields found: {names}")
-    text_fields = [pa.field(name, pa.string()) for name in (spec.url_col, spec.caption_col) if name in names]
-    parse = pa_json.ParseOptions(explicit_schema=pa.schema(text_fields), unexpected_field_behavior="infer")
+    parse = _json_parse_options(spec, names)
     read = pa_json.ReadOptions(block_size=_BLOCK_BYTES)
     with pa_json.open_json(_stream(path), read_options=read, parse_options=parse) as reader:
         yield from reader
+
+
+def _json_parse_options(spec: InputSpec, names: list[str]) -> pa_json.ParseOptions:
+    """url, caption and the expected hash as text, whatever JSON type they hold; the rest inferred."""
+    text = [spec.url_col, spec.caption_col] + ([spec.verify_hash[0]] if spec.verify_hash else [])
+    text_fields = [pa.field(name, pa.string()) for name in dict.fromkeys(text) if name in names]
+    return pa_json.ParseOptions(explicit_schema=pa.schema(text_fields), unexpected_field_behavior="infer")
+
+
+def _read_json_array(path: Location, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    """img2dataset's json: one array of objects, parsed an element at a time and handed to Arrow's
+    JSON reader as JSON Lines about a block at a time (from memory: Arrow's threads never call into
+    Python). As Arrow's own streaming reader does, the first block's types hold for the rest."""
+    lines: list[bytes] = []
+    names: dict[str, None] = {}
+    first: pa.Schema | None = None
+    size = 0
+    for element in _json_array_elements(path):
+        lines.append(json.dumps(element, ensure_ascii=False).encode("utf-8"))
+        size += len(lines[-1]) + 1
+        if first is None:
+            names.update(dict.fromkeys(element))
+        if size >= _BLOCK_BYTES:
+            table = _json_lines_table(lines, spec, first, list(names))
+            first = first or table.schema
+            yield from table.to_batches()
+            lines, size = [], 0
+    if lines:
+        yield from _json_lines_table(lines, spec, first, list(names)).to_batches()
+
+
+def _json_lines_table(lines: list[bytes], spec: InputSpec, first: pa.Schema | None, names: list[str]) -> pa.Table:
+    """``lines`` parsed: the first block with url, caption and expected hash as text (of the fields
+    its ``names`` hold), later ones with the first block's types."""
+    if first is None:
+        parse = _json_parse_options(spec, names)
+    else:
+        typed = pa.schema([field for field in first if field.type != pa.null()])
+        parse = pa_json.ParseOptions(explicit_schema=typed, unexpected_field_behavior="infer")
+    return pa_json.read_json(pa.BufferReader(b"\n".join(lines)), parse_options=parse)
+
+
+def _json_array_elements(path: Location) -> Iterator[dict]:
+    """The objects of a file holding one JSON array, decoded one at a time (the array is never
+    held whole); a ValueError names the file and what was expected where the file differs."""
+    decoder = json.JSONDecoder()
+    with path.open("rb") as raw:
+        binary = gzip.open(raw) if path.name.lower().endswith(".gz") else raw
+        text = _Text(io.TextIOWrapper(binary, encoding="utf-8"), str(path))
+        text.expect(text.peek() == "[", "a JSON array of objects (for one object a line use .jsonl)")
+        text.position += 1
+        if text.peek() != "]":
+            while True:
+                element = text.decode(decoder)
+                text.expect(isinstance(element, dict), "an object for each array element", at=text.start)
+                yield element
+                token = text.peek()
+                text.expect(token in (",", "]"), "',' or ']' after an array element")
+                if token == "]":
+                    break
+                text.position += 1
+        text.position += 1
+        text.expect(text.peek() == "", "nothing after the array")
+
+
+class _Text:
+    """A text stream read a chunk at a time, with a position in the chunks not yet consumed."""
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, stream: io.TextIOBase, where: str):
+        self._stream, self._where = stream, where
+        self.buffer, self.position, self.start, self._eof = "", 0, 0, False
+
+    def peek(self) -> str:
+        """The next non-blank character ("" at the end), moving past the blanks before it."""
+        while True:
+            while self.position < len(self.buffer) and self.buffer[self.position] in " \t\r\n":
+                self.position += 1
+            if self.position < len(self.buffer) or not self._fill():
+                return self.buffer[self.position:self.position + 1]
+
+    def decode(self, decoder: json.JSONDecoder):
+        """The JSON value at the position, reading on while it is cut off at the chunk's end."""
+        self.peek()
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.buffer, self.position)
+                self.start, self.position = self.position, end
+                return value
+            except json.JSONDecodeError:
+                if not self._fill():
+                    raise ValueError(f"{self._where}: malformed JSON array element") from None
+
+    def expect(self, condition: bool, wanted: str, *, at: int | None = None) -> None:
+        if not condition:
+            at = self.position if at is None else at
+            found = self.buffer[at:at + 20] or "the end of the file"
+            raise ValueError(f"{self._where}: expected {wanted}, found {found!r}")
+
+    def _fill(self) -> bool:
+        """Read more text, dropping what was consumed; False at the end of the stream."""
+        if self._eof:
+            return False
+        chunk = self._stream.read(self._CHUNK)
+        self.buffer = self.buffer[self.position:] + chunk
+        self.start, self.position = max(0, self.start - self.position), 0
+        self._eof = not chunk
+        return bool(chunk)
 
 
 def _read_txt(path: Location, _format: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:

@@ -63,6 +63,9 @@ class FetchPolicy:
     host_failure_limit: int | None = 8
     host_backoff: float = 30.0
     ca_file: str | None = None  # extra trusted CA certificates (PEM), besides the system's
+    # img2dataset's option: accept any certificate, unverified (only when asked: it lets anyone on the
+    # path between us and the server substitute the image).
+    ignore_ssl_certificate: bool = False
 
     def __post_init__(self):
         def require(ok: bool, message: str):
@@ -92,6 +95,8 @@ class FetchPolicy:
         object.__setattr__(self, "allowed_networks", tuple(str(n).strip() for n in self.allowed_networks))
         parse_networks(self.allowed_networks)  # raises a ValueError naming a bad CIDR
         require(self.ca_file is None or os.path.isfile(self.ca_file), f"ca_file {self.ca_file!r} is not a file")
+        require(isinstance(self.ignore_ssl_certificate, bool),
+                f"ignore_ssl_certificate must be True or False, got {self.ignore_ssl_certificate!r}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,9 @@ class Fetcher:
         self._ssl = ssl.create_default_context()
         if policy.ca_file:
             self._ssl.load_verify_locations(cafile=policy.ca_file)
+        if policy.ignore_ssl_certificate:
+            self._ssl.check_hostname = False
+            self._ssl.verify_mode = ssl.CERT_NONE
         self._random = random.Random()
         self._hosts = HostGates(max_per_host=policy.max_per_host, failure_limit=policy.host_failure_limit,
                                 backoff=policy.host_backoff)

@@ -5,6 +5,12 @@ in the shard's writer slot (:mod:`mmdata.storage.commit`: a lock locally, an att
 Every input row becomes one metadata row, success or failure; only successes get tar members. The
 functions here are plain Python over Arrow tables: the job runs them as tasks on its executor, tests call them
 directly.
+
+Per row, as img2dataset: the boxes of ``bbox_col`` are blurred; a body whose hash is not the row's
+``verify_hash`` value fails (``hash_mismatch``: no image, no hash stored); a row whose expected hash
+is null fails without being fetched (``hash_missing``: img2dataset fails it too, as a mismatch); the
+``compute_hash`` of the body goes to the column of that name. A saved ``uid`` column gives the row's
+uid (a null or empty one keeps the uid mmdata computes from url and caption).
 """
 
 from __future__ import annotations
@@ -15,17 +21,27 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmdata import layout
+from mmdata.download.blur import Box, parse_boxes
 from mmdata.download.config import DownloadConfig
 from mmdata.download.image import process_image
+from mmdata.download.inputs import expected_hash_column
 from mmdata.download.net import TRANSIENT_ERROR_CLASSES, Fetcher, FetchPolicy, FetchResult
 from mmdata.schemas.members import CAPTION_EXTENSION, METADATA_EXTENSION
-from mmdata.schemas.samples import FAILED_TO_DOWNLOAD, IDENTITY_FIELDS, OUTCOME_FIELDS, SPAN_FIELDS, SUCCESS, Outcome
+from mmdata.schemas.samples import (
+    FAILED_TO_DECODE,
+    FAILED_TO_DOWNLOAD,
+    IDENTITY_FIELDS,
+    OUTCOME_FIELDS,
+    SPAN_FIELDS,
+    SUCCESS,
+    Outcome,
+)
 from mmdata.shard_output import ShardOutput
 from mmdata.shards import iter_samples
 from mmdata.storage import read_parquet
@@ -43,6 +59,17 @@ class ProgressFeed(Protocol):
     far (the row's error class, or its status when it has none)."""
 
     def __call__(self, counts: dict[str, int], *, force: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    """One row to download: its URL, the boxes to blur and the hash its body must have; ``refusal``
+    is set when the row's own values make it fail before anything is fetched."""
+
+    url: str | None
+    boxes: Sequence[Box] = ()
+    expected_hash: str | None = None
+    refusal: Outcome | None = None
 
 
 @dataclass(frozen=True)
@@ -69,32 +96,40 @@ class RowDownloader:
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="mmdata-download")
         self._window = FETCH_AHEAD_PER_THREAD * config.threads
 
-    def map(self, urls: Iterable[str | None]) -> Iterator[RowOutcome]:
-        """Outcomes in the order of ``urls``: fetched concurrently, processed as they come in."""
+    def map(self, requests: Iterable[RowRequest | str | None]) -> Iterator[RowOutcome]:
+        """Outcomes in the order of ``requests`` (a plain URL asks for no blur and no hash check):
+        fetched concurrently, processed as they come in."""
         fetching: collections.deque = collections.deque()
-        for url in urls:
+        for request in requests:
+            if not isinstance(request, RowRequest):
+                request = RowRequest(request)
             if len(fetching) >= self._window:
-                yield self._outcome(fetching.popleft().result())
-            fetching.append(self._pool.submit(self._fetch, url))
+                yield self._outcome(*fetching.popleft())
+            fetching.append((request, self._pool.submit(self._fetch, request)))
         while fetching:
-            yield self._outcome(fetching.popleft().result())
+            yield self._outcome(*fetching.popleft())
 
-    def _outcome(self, fetched) -> RowOutcome:
+    def _outcome(self, request: RowRequest, fetching) -> RowOutcome:
         try:
+            fetched = fetching.result()
             if isinstance(fetched, Exception):
                 raise fetched
-            return self._process(fetched)
+            return self._process(request, fetched)
         except Exception as error:  # a bug in one row must not sink the other rows of the shard
             failure = Outcome(FAILED_TO_DOWNLOAD, "internal_error", f"{type(error).__name__}: {error}")
             return RowOutcome(failure.fields())
 
-    def _fetch(self, url: str | None):
+    def _fetch(self, request: RowRequest):
+        if request.refusal is not None:
+            return None
         try:
-            return self._fetcher.fetch(url or "")
+            return self._fetcher.fetch(request.url or "")
         except Exception as error:  # handed to the consumer, which records it as the row's failure
             return error
 
-    def _process(self, fetched: FetchResult) -> RowOutcome:
+    def _process(self, request: RowRequest, fetched: FetchResult | None) -> RowOutcome:
+        if fetched is None:
+            return RowOutcome(request.refusal.fields())
         body = fetched.body
         fields = {
             **fetched.outcome.fields(),
@@ -103,15 +138,26 @@ class RowDownloader:
         }
         if not fetched.outcome.ok:
             return RowOutcome(fields)
-        image = process_image(body, self._config.image)
+        digests = _Digests(body)
+        if request.expected_hash is not None:
+            algorithm = self._config.input.verify_hash[1]
+            actual = digests[algorithm]
+            if actual != request.expected_hash:
+                message = f"hash mismatch: {algorithm} of the body is {actual}, expected {request.expected_hash}"
+                fields.update(Outcome(FAILED_TO_DOWNLOAD, "hash_mismatch", message).fields())
+                return RowOutcome(fields)
+        options = self._config.image
+        image = process_image(body, options, request.boxes)
         fields.update(
             image.outcome.fields(),
-            sha256=hashlib.sha256(body).hexdigest(),
             width=image.width,
             height=image.height,
             original_width=image.original_width,
             original_height=image.original_height,
+            exif=image.exif,
         )
+        if options.compute_hash is not None:
+            fields[options.compute_hash] = digests[options.compute_hash]
         if not image.outcome.ok:
             return RowOutcome(fields)
         fields["image_format"] = image.extension
@@ -134,6 +180,36 @@ def process_fetcher(policy: FetchPolicy) -> Fetcher:
     return Fetcher(policy)
 
 
+class _Digests(dict):
+    """Hex digests of one body, each computed once when first asked for."""
+
+    def __init__(self, body: bytes):
+        super().__init__()
+        self._body = body
+
+    def __missing__(self, algorithm: str) -> str:
+        self[algorithm] = hashlib.new(algorithm, self._body).hexdigest()
+        return self[algorithm]
+
+
+def row_request(config: DownloadConfig, record: dict) -> RowRequest:
+    """What ``record`` (an input row, or a stored one being retried) asks of the download."""
+    url = record.get("url")
+    spec = config.input
+    try:
+        boxes = parse_boxes(record.get(spec.bbox_col)) if spec.bbox_col is not None else ()
+    except ValueError as error:
+        return RowRequest(url, refusal=Outcome(FAILED_TO_DECODE, "invalid_bbox", f"{spec.bbox_col}: {error}"))
+    if spec.verify_hash is None:
+        return RowRequest(url, boxes)
+    column, algorithm = spec.verify_hash
+    expected = record.get(expected_hash_column(algorithm))
+    if expected is None or not expected.strip():
+        message = f"no expected {algorithm} to verify the body against (column {column!r} is null or empty)"
+        return RowRequest(url, boxes, refusal=Outcome(FAILED_TO_DOWNLOAD, "hash_missing", message))
+    return RowRequest(url, boxes, expected.strip().lower())
+
+
 def download_shard(config: DownloadConfig, shard: int, rows: pa.Table, progress: ProgressFeed | None = None) -> dict:
     """Download every row of ``rows`` (columns url, caption, and saved extras) into shard ``shard``;
     returns the shard's stats, also written as its ``_stats.json``."""
@@ -148,7 +224,7 @@ def _download_rows(config: DownloadConfig, slot: ShardSlot, shard: int, rows: pa
                    progress: ProgressFeed | None) -> dict:
     records = rows.to_pylist()
     with RowDownloader(config) as downloader:
-        outcomes = downloader.map(record.get("url") for record in records)
+        outcomes = downloader.map(row_request(config, record) for record in records)
         samples = (
             _sample(config, shard, row_index, record, outcome)
             for row_index, (record, outcome) in enumerate(zip(records, outcomes))
@@ -174,7 +250,7 @@ def retry_shard(config: DownloadConfig, shard: int, progress: ProgressFeed | Non
             return None
         slot.uncommit()
         with RowDownloader(config) as downloader:
-            new_outcomes = downloader.map(previous[index]["url"] for index in retried)
+            new_outcomes = downloader.map(row_request(config, previous[index]) for index in retried)
             samples = _merge_retries(config, shard, previous, set(retried), new_outcomes)
             return _write_shard(config, slot, samples, progress, table.schema,
                                 extra_stats={"retried": len(retried)})
@@ -208,7 +284,7 @@ def _sample(config: DownloadConfig, shard: int, row_index: int, record: dict, ou
     """The metadata row and tar members of one input row."""
     row = {
         "key": layout.sample_key(shard, row_index, config.shard_size, config.shard_digits or layout.SHARD_DIGITS),
-        "uid": layout.sample_uid(record.get("url"), record.get("caption")),
+        "uid": _uid(config, record),
         **{name: value for name, value in record.items() if name not in _CLEARED_FIELDS},
         **_EMPTY_OUTCOME,
         **outcome.fields,
@@ -220,6 +296,15 @@ def _sample(config: DownloadConfig, shard: int, row_index: int, record: dict, ou
         members[CAPTION_EXTENSION] = row["caption"].encode("utf-8")
     members[METADATA_EXTENSION] = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
     return row, members
+
+
+def _uid(config: DownloadConfig, record: dict) -> str:
+    """The input's uid where the user saves one (DataComp's), else mmdata's own from url and caption."""
+    if "uid" in config.input.save_additional_columns:
+        saved = record.get("uid")
+        if saved is not None and str(saved).strip():
+            return str(saved)
+    return layout.sample_uid(record.get("url"), record.get("caption"))
 
 
 def _write_shard(

@@ -12,7 +12,7 @@ import pytest
 from mmdata.cli import build_parser, main
 from mmdata.cli._defaults import MARKER
 
-WORK_COMMANDS = ("download", "score", "dedup", "decontaminate", "reshard", "index", "run")
+WORK_COMMANDS = ("download", "score", "annotate", "dedup", "decontaminate", "balance", "reshard", "index", "run")
 EXECUTION_FLAGS = ("--executor", "--workers", "--ray-address")
 
 
@@ -140,6 +140,18 @@ def test_download_passes_only_what_was_typed(record, capsys):
     assert download.calls[0] == ((), {"input": "urls.parquet", "output_dir": "data"})
     assert download.calls[1] == ((), {"input": "urls.parquet", "output_dir": "data", "threads": 4, "no_header": True,
                                       "columns": ("caption", "url"), "executor": "processes"})
+
+
+def test_download_takes_every_img2dataset_option_and_passes_only_what_was_typed(record, capsys):
+    from mmdata.download.img2dataset_options import OPTIONS
+
+    text = help_of("download", capsys)
+    for name in OPTIONS:
+        assert f"--{name}" in text, name
+    download = record("mmdata.download.job:download", {})
+    record("mmdata.download.job:summary_text", "summary")
+    assert main(["download", "--url_list=urls.txt", "--output_folder=out", "--caption_col=None"]) == 0
+    assert download.calls == [((), {"url_list": "urls.txt", "output_folder": "out", "caption_col": None})]
 
 
 def test_top_level_help_is_the_user_description_and_the_loop(capsys):

@@ -53,7 +53,7 @@ def expected_size(width: int, height: int, size: int, mode: str) -> tuple[int, i
     """img2dataset's documented output sizes."""
     if mode == "no":
         return width, height
-    if mode in ("border", "center_crop"):
+    if mode in ("border", "center_crop", "fixed"):
         return size, size
     side = min(width, height) if mode == "keep_ratio" else max(width, height)
     return round(width * size / side), round(height * size / side)
@@ -402,7 +402,7 @@ def test_skip_reencode_still_refuses_truncated_bodies():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"resize_mode": "fixed"},
+        {"resize_mode": "stretch"},
         {"encode_format": "gif"},
         {"image_size": 0},
         {"encode_quality": 101},
@@ -437,3 +437,75 @@ def test_threads_give_the_same_results_as_one_thread():
     expected = [process_image(body, options) for body in bodies]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(lambda body: process_image(body, options), bodies)) == expected
+
+
+# --- img2dataset's resizer options ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+@pytest.mark.parametrize("source", [(100, 60), (300, 200), (600, 400)])
+def test_resize_only_if_bigger_keeps_an_image_within_image_size(mode, source):
+    """img2dataset's rule: keep_ratio/center_crop resize when the shorter side exceeds image_size,
+    the other modes when the longer one does; otherwise the image is kept as it is (no crop, no border)."""
+    size = 256
+    options = ImageOptions(image_size=size, resize_mode=mode, resize_only_if_bigger=True)
+    result = process_image(gradient_jpeg(*source), options)
+    side = min(source) if mode in ("keep_ratio", "center_crop") else max(source)
+    expected = expected_size(*source, size, mode) if side > size else source
+    assert (result.width, result.height) == expected
+
+
+@pytest.mark.parametrize("name, resample", [("area", Image.Resampling.BOX), ("AREA", Image.Resampling.BOX),
+                                            ("linear", Image.Resampling.BILINEAR),
+                                            ("nearest", Image.Resampling.NEAREST)])
+def test_downscale_interpolation_is_the_pillow_filter_of_that_name(name, resample):
+    source = gradient(500, 400)
+    options = ImageOptions(image_size=256, resize_mode="keep_ratio", encode_format="png", downscale_interpolation=name)
+    ours = np.asarray(decoded(process_image(encode(source), options)))
+    assert (ours == np.asarray(source.resize((320, 256), resample))).all()
+
+
+def test_upscale_interpolation_applies_to_upscales_only():
+    source = encode(gradient(40, 30))
+    options = dict(image_size=60, resize_mode="keep_ratio", encode_format="png")  # twice the size
+    pixels = np.asarray(decoded(process_image(source, ImageOptions(**options, upscale_interpolation="nearest"))))
+    assert (pixels[::2, ::2] == pixels[1::2, 1::2]).all()  # each source pixel became a 2x2 block
+    smooth = np.asarray(decoded(process_image(source, ImageOptions(**options))))
+    assert not (smooth[::2, ::2] == smooth[1::2, 1::2]).all()
+    big = encode(gradient(80, 60))
+    shrink = dict(image_size=20, resize_mode="keep_ratio", encode_format="png")
+    nearest_up = process_image(big, ImageOptions(**shrink, upscale_interpolation="nearest"))
+    assert nearest_up.data == process_image(big, ImageOptions(**shrink)).data
+
+
+@pytest.mark.parametrize("kwargs", [{"upscale_interpolation": "bicubic2"}, {"downscale_interpolation": None},
+                                    {"max_image_area": 0}, {"compute_hash": "sha1"}])
+def test_invalid_resizer_options_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ImageOptions(**kwargs)
+
+
+def test_max_image_area_filters_larger_images():
+    body = encode(gradient(120, 100))
+    assert process_image(body, ImageOptions(max_image_area=12_000)).status == "success"
+    result = process_image(body, ImageOptions(max_image_area=11_999))
+    assert (result.status, result.error_class) == ("filtered", "too_large")
+    assert result.error_message.startswith("image area too large: 120x100 = 12000 pixels")
+    assert (result.original_width, result.original_height) == (120, 100)
+
+
+@pytest.mark.parametrize("fmt, extension", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"),
+                                            ("BMP", "bmp"), ("TIFF", "tif")])
+def test_disable_all_reencoding_stores_the_body_as_it_came(fmt, extension):
+    image = gradient(300, 200).convert("P") if fmt == "GIF" else gradient(300, 200)
+    body = encode(image, fmt)
+    options = ImageOptions(image_size=64, resize_mode="center_crop", encode_format="webp", disable_all_reencoding=True)
+    result = process_image(body, options)
+    assert result.status == "success" and result.data == body and result.extension == extension
+    assert (result.width, result.height, result.original_width, result.original_height) == (300, 200, 300, 200)
+
+
+def test_disable_all_reencoding_still_refuses_what_is_not_an_image_or_too_large():
+    options = ImageOptions(disable_all_reencoding=True, max_image_area=1000)
+    assert process_image(b"<html><body>404</body></html>", options).error_class == "not_an_image"
+    assert process_image(encode(gradient(40, 30)), options).error_class == "too_large"

@@ -22,6 +22,8 @@ def write_rows(path, rows, fmt, *, header=True, columns=("url", "caption", "scor
         return path
     if fmt == "jsonl":
         text = "".join(json.dumps(row) + "\n" for row in rows)
+    elif fmt == "json":
+        text = json.dumps(rows, indent=1)
     elif fmt == "txt":
         text = "".join(row["url"] + "\n" for row in rows)
     elif fmt == "tsv":
@@ -209,7 +211,7 @@ def test_missing_input_and_empty_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         read_all(InputSpec(path=tmp_path / "nope.csv"))
     (tmp_path / "notes.md").write_text("x")
-    with pytest.raises(ValueError, match="parquet/csv/tsv/jsonl/txt"):
+    with pytest.raises(ValueError, match="parquet/csv/tsv/jsonl/json/txt"):
         read_all(InputSpec(path=tmp_path))
 
 
@@ -231,14 +233,15 @@ def test_invalid_utf8_is_an_error_naming_the_file(tmp_path, name):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"input_format": "xlsx"}, "parquet, csv, tsv, jsonl, txt"),
+        ({"input_format": "xlsx"}, "parquet, csv, tsv, jsonl, json, txt"),
         ({"url_col": ""}, "url_col"),
         ({"columns": ("caption", "url")}, "no_header=True"),
         ({"no_header": True, "input_format": "tsv"}, "columns="),
         ({"no_header": True, "columns": ("caption", "link")}, "url_col"),
         ({"no_header": True, "columns": ("url", "url")}, "distinct"),
         ({"save_additional_columns": ("a", "a")}, "duplicates"),
-        ({"save_additional_columns": ("uid",)}, "overwrite"),
+        ({"save_additional_columns": ("sha256",)}, "overwrite"),
+        ({"save_additional_columns": ("exif",)}, "overwrite"),
         ({"save_additional_columns": "a,b"}, "not a string"),
         ({"save_additional_columns": ("caption",)}, "already saved"),
     ],
@@ -276,3 +279,71 @@ def test_shards_are_streamed_before_the_file_is_read_to_the_end(tmp_path):
         for _ in shards:
             yielded += 1
     assert yielded >= 50
+
+
+# --- the columns a row needs: bbox_col, verify_hash, a saved uid ----------------------------------
+
+
+def test_row_columns_follow_the_saved_ones(tmp_path):
+    rows = [{"url": f"http://x/{i}", "caption": "c", "uid": f"{i:032x}", "faces": [[0.1, 0.2, 0.3, 0.4]] * (i % 2),
+             "sha": f"{i:064x}".upper(), "n": i} for i in range(5)]
+    path = write_rows(tmp_path / "rows.parquet", rows, "parquet")
+    spec = InputSpec(path=path, save_additional_columns=("uid",), bbox_col="faces", verify_hash=("sha", "sha256"))
+    (table,) = iter_input_shards(spec, 10)
+    assert table.schema.names == ["url", "caption", "uid", "faces", "expected_sha256"]
+    assert table.schema.field("faces").type == pa.list_(pa.list_(pa.float64()))
+    assert table.column("expected_sha256").to_pylist() == [row["sha"] for row in rows]
+    saved_too = InputSpec(path=path, save_additional_columns=("faces", "n"), bbox_col="faces")
+    assert next(iter_input_shards(saved_too, 10)).schema.names == ["url", "caption", "faces", "n"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "json"])
+def test_text_formats_carry_bbox_and_hash_columns(tmp_path, fmt):
+    rows = [{"url": "http://x/1", "caption": "c", "score": '[[0.1, 0.2, 0.3, 0.4]]'},
+            {"url": "http://x/2", "caption": "d", "score": "[]"}]
+    path = write_rows(tmp_path / f"rows.{fmt}", rows, fmt)
+    spec = InputSpec(path=path, bbox_col="score", verify_hash=("caption", "md5"), caption_col=None)
+    (table,) = iter_input_shards(spec, 10)
+    assert table.schema.names == ["url", "caption", "score", "expected_md5"]
+    assert table.column("score").to_pylist() == [row["score"] for row in rows]  # JSON text: parsed per row
+    assert table.column("expected_md5").to_pylist() == ["c", "d"]
+
+
+def test_missing_bbox_or_hash_column_names_it(tmp_path):
+    path = write_rows(tmp_path / "rows.parquet", ROWS, "parquet")
+    with pytest.raises(ValueError, match="face_bboxes"):
+        read_all(InputSpec(path=path, bbox_col="face_bboxes"))
+    with pytest.raises(ValueError, match="'sha256'"):
+        read_all(InputSpec(path=path, verify_hash=("sha256", "sha256")))
+
+
+def test_img2dataset_gz_input_formats_are_accepted(tmp_path):
+    path = write_rows(tmp_path / "rows.csv.gz", ROWS, "csv")
+    spec = InputSpec(path=path, input_format="csv.gz")
+    assert spec.input_format == "csv" and len(read_all(spec)) == len(ROWS)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"url": "http://x/1"}', "a JSON array of objects"),
+        ('[{"url": "http://x/1"}, "http://x/2"]', "an object for each array element"),
+        ('[{"url": "http://x/1"} {"url": "http://x/2"}]', "',' or ']'"),
+        ('[{"url": "http://x/1"}] [', "nothing after the array"),
+        ('[{"url": "http://x/1"},', "malformed JSON array element"),
+    ],
+)
+def test_malformed_json_array_says_what_is_wrong(tmp_path, text, message):
+    (tmp_path / "rows.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_all(InputSpec(path=tmp_path / "rows.json"))
+
+
+def test_json_array_is_streamed_element_by_element(tmp_path):
+    """A malformed last element surfaces only after earlier shards were yielded."""
+    elements = ",\n".join(json.dumps({"url": f"http://img.example/{i}", "caption": "x" * 60}) for i in range(30_000))
+    (tmp_path / "rows.json").write_text(f"[{elements},\n{{\"url\": ]")
+    shards = iter_input_shards(InputSpec(path=tmp_path / "rows.json"), 1_000)
+    assert next(shards).column("url")[999].as_py() == "http://img.example/999"
+    with pytest.raises(ValueError, match="malformed JSON array element"):
+        list(shards)
