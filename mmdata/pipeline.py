@@ -104,7 +104,7 @@ def _dedup(*, dataset: str, **options):
 def _filter(*, dataset: str, **options):
     import mmdata
 
-    return mmdata.filter_view(dataset, **options)
+    return mmdata.write_view(dataset, **options)  # not the view itself: a pipeline's results stay small
 
 
 def _reshard(*, dataset: str, **options):

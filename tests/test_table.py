@@ -129,3 +129,32 @@ def test_unscored_dataset_and_cli(tmp_path, capsys):
     assert mmdata.read_table(empty).num_rows == 0 and "shard" in mmdata.read_table(empty).column_names
     with pytest.raises(FileNotFoundError):
         mmdata.read_table(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_the_table_a_shard_at_a_time_is_the_in_memory_table(tmp_path, monkeypatch, shuffled):
+    """Extra input columns in every other shard, two models, annotation tables in many row groups (in shard
+    order, or shuffled): `mmdata table` writes, and read_table returns, exactly the in-memory join; so
+    they do with one cached row group and row groups of 5 rows."""
+    from metadata_corpus import CorpusSpec, in_memory_table, write_corpus
+
+    import mmdata.atomic
+    from mmdata import table as table_module
+
+    root = tmp_path / "data"
+    write_corpus(root, CorpusSpec(rows=5_000, shard_size=800, seed=2, models=("m1", "m2"), extra_column=True,
+                                  group_rows=600, shuffle_annotations=shuffled))
+    expected = in_memory_table(root)
+    written = table_module.write_table(root, tmp_path / "table.parquet")
+    assert written.rows == expected.num_rows and written.columns == expected.column_names
+    assert pq.read_table(tmp_path / "table.parquet").equals(expected)
+    assert mmdata.read_table(root).equals(expected)
+    picked = ["dup_reason", "clip_score__m1", "source_id", "key", "caption_language"]
+    assert mmdata.read_table(root, columns=picked).equals(expected.select(picked))
+
+    monkeypatch.setattr(table_module, "CACHED_GROUPS", 1)
+    monkeypatch.setattr(mmdata.atomic, "GROUP_ROWS", 5)
+    table_module.write_table(root, tmp_path / "tight.parquet", ["key", "duplicate_of", "laplacian_variance"])
+    tight = pq.ParquetFile(tmp_path / "tight.parquet")
+    assert tight.metadata.num_row_groups == 1_000
+    assert tight.read().equals(expected.select(["key", "duplicate_of", "laplacian_variance"]))

@@ -62,11 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from mmdata.curate.view import filter_view, format_funnel, view_funnel, view_path
+    from mmdata.curate.view import format_funnel, write_view
 
     options = given(arguments, (*(name for _, name, _, _ in _VALUE_FLAGS), "drop_duplicates", "exclude_contaminated",
                                 "preset", "preset_any_model"))
-    view = filter_view(arguments.dataset, view=arguments.view, **options, **storage_options(arguments))
-    print(format_funnel(view_funnel(view)))
-    print(f"view written to {view_path(arguments.dataset, arguments.view)}")
+    written = write_view(arguments.dataset, view=arguments.view, **options, **storage_options(arguments))
+    print(format_funnel(written.funnel))
+    print(f"view written to {written.path}")
     return 0

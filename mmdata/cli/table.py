@@ -25,6 +25,6 @@ def run(arguments: argparse.Namespace) -> int:
     from mmdata.table import write_table
 
     columns = [name for name in arguments.columns.split(",") if name] if arguments.columns else None
-    table = write_table(arguments.dataset, arguments.output, columns=columns, **storage_options(arguments))
-    print(f"{table.num_rows} rows, {table.num_columns} columns -> {arguments.output}")
+    written = write_table(arguments.dataset, arguments.output, columns=columns, **storage_options(arguments))
+    print(f"{written.rows} rows, {len(written.columns)} columns -> {arguments.output}")
     return 0

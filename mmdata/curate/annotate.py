@@ -26,10 +26,9 @@ import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmdata import layout
-from mmdata.atomic import write_parquet
+from mmdata.atomic import parquet_writer, write_parquet
 from mmdata.curate.image_quality import WORK_SIDE, image_quality_table
 from mmdata.execution import Execution, StageProgress, sized, using
 from mmdata.execution.progress import COUNT
@@ -200,8 +199,7 @@ def _write_part(root: Location, kind: str, shard: str, table: pa.Table, record: 
 def _merge(root: Location, kind: str, shards: list[str], record: dict) -> None:
     """Stream the shards' parts, in order, into the kind's table: one commit-last write, one part in memory
     (up to a few prefetched from an object store)."""
-    schema = _with_record(SCHEMAS[kind], record)
     parts = prefetched(lambda shard: read_parquet(part_path(root, kind, shard)), shards, root)
-    with annotation_path(root, kind).writer() as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+    with parquet_writer(annotation_path(root, kind), _with_record(SCHEMAS[kind], record)) as writer:
         for part in parts:
-            writer.write_table(align_table(part, schema))
+            writer.write(part)

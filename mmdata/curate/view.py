@@ -2,20 +2,24 @@
 
 Nothing is copied: a view holds key, uid, shard and the tar byte range (what the loader needs),
 plus the rules and the per-rule funnel as JSON in the schema metadata. ``reshard`` materialises one.
+The filter works a shard at a time (:class:`~mmdata.table.JoinedShards`, only the columns its rules
+read) and streams the selected rows into the view, which appears whole when the last shard is done;
+top_fraction's global threshold is found first, in passes over the status and score columns alone.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from mmdata import layout
-from mmdata.atomic import write_parquet
+from mmdata.atomic import parquet_writer
 from mmdata.curate.presets import check_score_model, preset_named, with_preset
-from mmdata.curate.rules import FilterConfig, Funnel, apply_rules, build_rules
+from mmdata.curate.rules import FilterConfig, Funnel, RuleCounter, build_rules
 from mmdata.options import config_from_options
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY, VIEW_SCHEMA
 from mmdata.storage import Location, read_parquet
@@ -29,36 +33,33 @@ def view_path(root: layout.Root, name: str) -> Location:
     return layout.views_dir(root) / f"{name}.parquet"
 
 
-def select(table: pa.Table, config: FilterConfig, preset: dict | None = None) -> tuple[pa.Table, Funnel, list[dict]]:
-    """Apply ``config`` to a ``read_table`` table: (selected VIEW_SCHEMA rows, funnel, resolved rules).
-    The steps of the rules a ``preset`` record set carry its name."""
-    rules = build_rules(config, table.column_names)
-    keep, funnel = apply_rules(table, rules)
-    for step in funnel.steps:
-        if preset is not None and step["rule"] in preset["rules"]:
-            step["preset"] = preset["name"]
-    selected = table.filter(pa.array(keep)).select([name for name in VIEW_SCHEMA.names if name in table.column_names])
-    resolved = [
-        {"rule": step["rule"], **{k: v for k, v in step.items() if k not in ("rule", "dropped")}}
-        for step in funnel.steps
-    ]
-    return selected, funnel, resolved
+@dataclass
+class WrittenView:
+    """What :func:`write_view` wrote: where, how many rows, and the rules and funnel it recorded."""
+
+    path: Location
+    rows: int
+    rules: dict
+    funnel: dict
 
 
-def filter_view(root: layout.Root, config: FilterConfig | None = None, *, view: str, preset: str | None = None,
-                preset_any_model: bool = False, storage_options: dict | None = None, **options) -> pa.Table:
-    """Select samples of dataset ``root`` by AND-ed rules and write them as view ``view``.
+def write_view(root: layout.Root, config: FilterConfig | None = None, *, view: str, preset: str | None = None,
+               preset_any_model: bool = False, storage_options: dict | None = None, **options) -> WrittenView:
+    """Select samples of dataset ``root`` by AND-ed rules and write them as view ``view``, a shard at a
+    time: memory holds one shard's columns, whatever the dataset's size. :func:`filter_view` does the same
+    and reads the view back.
 
-    Pass a :class:`FilterConfig` or its rules flat (``filter_view(root, view="train",
+    Pass a :class:`FilterConfig` or its rules flat (``write_view(root, view="train",
     min_clip_score=0.28)``), and/or a ``preset`` (:mod:`mmdata.curate.presets`: ``datacomp-basic``,
     ``laion2b``, ``datacomp-clip-top30``) whose rules yours add to; where both set an option, yours
     wins (``None`` removes the preset's rule). ``preset_any_model`` applies a preset's own CLIP-score
     threshold to scores of another model than it was calibrated for (a threshold you set is yours).
-    Only successful samples are selectable (the funnel's first step). Returns the view table; its
-    schema metadata holds the rules (``RULES_KEY``, with the preset's record) and the funnel
-    (``FUNNEL_KEY``), see :func:`view_funnel`.
-    ``root`` may be a URL; ``storage_options`` go to its filesystem.
+    Only successful samples are selectable (the funnel's first step). The view's schema metadata holds
+    the rules (``RULES_KEY``, with the preset's record) and the funnel (``FUNNEL_KEY``), see
+    :func:`view_funnel`. ``root`` may be a URL; ``storage_options`` go to its filesystem.
     """
+    from mmdata.table import JoinedShards
+
     if config is not None and options:
         raise ValueError("pass either a FilterConfig or keyword rules, not both")
     if preset_any_model and preset is None:
@@ -75,19 +76,48 @@ def filter_view(root: layout.Root, config: FilterConfig | None = None, *, view: 
     elif config is None:
         config = config_from_options(FilterConfig, "filter", options)
     path = view_path(root, view)
-    from mmdata.table import read_table
-
-    if not layout.complete_shards(root):
+    shards = layout.complete_shards(root)
+    if not shards:
         raise ValueError(f"{root} holds no complete shard: nothing to filter")
-    selected, funnel, resolved = select(read_table(root), config, preset_record)
-    rules_record = {"config": config.to_dict(), "rules": resolved}
-    if preset_record is not None:
-        rules_record["preset"] = preset_record
-    metadata = {
-        RULES_KEY: json.dumps(rules_record, sort_keys=True, default=_json_number).encode(),
-        FUNNEL_KEY: json.dumps(funnel.to_dict(), sort_keys=True, default=_json_number).encode(),
-    }
-    return write_parquet(selected.replace_schema_metadata(metadata), path, VIEW_SCHEMA)
+    columns = JoinedShards(root, shards=shards).columns
+    counter = RuleCounter(build_rules(config, columns, lambda names: JoinedShards(root, names, shards=shards)))
+    selected = [name for name in VIEW_SCHEMA.names if name in columns]
+    joined = JoinedShards(root, list(dict.fromkeys([*counter.columns, *selected])), shards=shards)
+    with parquet_writer(path, VIEW_SCHEMA) as writer:
+        for table in joined:
+            writer.write(table.filter(pa.array(counter.keep(table))).select(selected))
+        funnel = counter.funnel()
+        rules = _rules_record(config, funnel, preset_record)
+        writer.set_metadata({
+            RULES_KEY: json.dumps(rules, sort_keys=True, default=_json_number).encode(),
+            FUNNEL_KEY: json.dumps(funnel.to_dict(), sort_keys=True, default=_json_number).encode(),
+        })
+    return WrittenView(path=path, rows=writer.rows, rules=rules, funnel=funnel.to_dict())
+
+
+def filter_view(root: layout.Root, config: FilterConfig | None = None, *, view: str, preset: str | None = None,
+                preset_any_model: bool = False, storage_options: dict | None = None, **options) -> pa.Table:
+    """:func:`write_view`, then the view read back as a table (VIEW_SCHEMA, rules and funnel in its
+    metadata). The view is in memory whole: for a very large one, call :func:`write_view`."""
+    written = write_view(root, config, view=view, preset=preset, preset_any_model=preset_any_model,
+                         storage_options=storage_options, **options)
+    return read_parquet(written.path)
+
+
+def _rules_record(config: FilterConfig, funnel: Funnel, preset: dict | None) -> dict:
+    """The view's rules: the config, each rule as resolved (its funnel step's details) and the preset's record;
+    the steps of the rules a preset set carry its name."""
+    for step in funnel.steps:
+        if preset is not None and step["rule"] in preset["rules"]:
+            step["preset"] = preset["name"]
+    resolved = [
+        {"rule": step["rule"], **{k: v for k, v in step.items() if k not in ("rule", "dropped")}}
+        for step in funnel.steps
+    ]
+    record = {"config": config.to_dict(), "rules": resolved}
+    if preset is not None:
+        record["preset"] = preset
+    return record
 
 
 def read_view(root: layout.Root, name: str, *, storage_options: dict | None = None) -> pa.Table:

@@ -3,19 +3,21 @@
 Each stage leaves its own trace (``manifest.json`` and shard stats, ``scores/<model>/``,
 ``annotations/dedup.parquet``, ``views/<name>.parquet``, and for a balanced view
 ``balance/<name>.entry_counts.parquet``); a stage that left none is reported as not run.
+The rows themselves are read as aggregates, a shard at a time (:mod:`mmdata.report.aggregates`).
 The folder may be a URL (``s3://bucket/ds``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmdata import layout
+from mmdata.report.aggregates import MEMORY_LIMIT, RowFacts, summarise
 from mmdata.schemas.balance import BALANCE_KEY
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY
 from mmdata.storage import Location, read_parquet, read_parquet_schema
@@ -48,7 +50,7 @@ class BalanceFacts:
 @dataclass
 class ReportFacts:
     root: Location
-    table: pa.Table | None  # one row per input row (mmdata.read_table), None before any shard exists
+    rows: RowFacts | None  # aggregates of the rows (mmdata.read_table's), None before any shard exists
     manifest: dict | None
     score_models: dict[str, dict] = field(default_factory=dict)  # model_id -> provenance
     dedup_metadata: dict | None = None
@@ -58,11 +60,16 @@ class ReportFacts:
 
     @property
     def scored(self) -> bool:
-        return self.table is not None and "clip_score" in self.table.column_names
+        return self.rows is not None and "clip_score" in self.rows.columns
 
     @property
     def deduplicated(self) -> bool:
-        return self.table is not None and "dup_reason" in self.table.column_names
+        return self.rows is not None and "dup_reason" in self.rows.columns
+
+    @property
+    def annotated(self) -> bool:
+        """``mmdata annotate`` ran: a language or an image-quality column is there."""
+        return self.rows is not None and bool({"caption_language", "laplacian_variance"} & set(self.rows.columns))
 
     @property
     def semantic_check(self) -> dict | None:
@@ -72,21 +79,17 @@ class ReportFacts:
         return check if isinstance(check, dict) else None
 
 
-def gather(root: layout.Root, *, view: str | None = None, storage_options: dict | None = None) -> ReportFacts:
+def gather(root: layout.Root, *, view: str | None = None, grid_size: int = 12, clusters_per_tier: int = 3,
+           memory_limit: str = MEMORY_LIMIT, storage_options: dict | None = None) -> ReportFacts:
     """Read everything the report shows from ``root``; ``view`` picks the view whose threshold is drawn
-    (default: the first view with a clip-score rule, else the first view)."""
+    (default: the first view with a clip-score rule, else the first view). ``grid_size`` samples are
+    picked on each side of that threshold and ``clusters_per_tier`` duplicate clusters per tier;
+    ``memory_limit`` bounds DuckDB's share of the aggregation (it spills beyond it)."""
     root = layout.dataset(root, storage_options)
     if not root.is_dir():
         raise FileNotFoundError(f"no dataset folder at {root}: pass the --output folder of `mmdata download`")
-    table = None
-    if layout.complete_shards(root):
-        import mmdata
-
-        table = mmdata.read_table(root)
-        if "url" in table.column_names:
-            table = table.append_column("domain", pa.array([_domain(url) for url in table.column("url").to_pylist()]))
     manifest = _read_json(layout.manifest_path(root))
-    facts = ReportFacts(root=root, table=table, manifest=manifest)
+    facts = ReportFacts(root=root, rows=None, manifest=manifest)
     scores = layout.scores_dir(root)
     for name, entry in sorted(scores.list().items()):
         if entry["type"] == "directory":
@@ -96,7 +99,7 @@ def gather(root: layout.Root, *, view: str | None = None, storage_options: dict 
         facts.dedup_metadata = _decode_metadata(read_parquet_schema(dedup_path).metadata)
     views_dir = layout.views_dir(root)
     for name in views_dir.names(".parquet"):
-        facts.views.append(_view_facts(views_dir / name, table))
+        facts.views.append(_view_facts(root, views_dir / name))
     facts.balances = [_balance_facts(root, v) for v in facts.views if v.balance is not None]
     if view is not None:
         matches = [v for v in facts.views if v.name == view]
@@ -106,10 +109,13 @@ def gather(root: layout.Root, *, view: str | None = None, storage_options: dict 
     else:
         with_threshold = [v for v in facts.views if v.threshold is not None]
         facts.view = (with_threshold or facts.views or [None])[0]
+    if layout.complete_shards(root):
+        facts.rows = summarise(root, threshold=facts.view.threshold if facts.view else None, grid_size=grid_size,
+                               clusters_per_tier=clusters_per_tier, memory_limit=memory_limit)
     return facts
 
 
-def _view_facts(path: Location, table: pa.Table | None) -> ViewFacts:
+def _view_facts(root: Location, path: Location) -> ViewFacts:
     schema = read_parquet_schema(path)
     metadata = schema.metadata or {}
     rules = json.loads(metadata[RULES_KEY]) if RULES_KEY in metadata else {}
@@ -117,7 +123,7 @@ def _view_facts(path: Location, table: pa.Table | None) -> ViewFacts:
     balance = _json_dict(metadata.get(BALANCE_KEY))
     rows = read_parquet_rows(path)
     return ViewFacts(name=path.name.removesuffix(".parquet"), rows=rows, rules=rules, funnel=funnel,
-                     threshold=_threshold(rules, table), balance=balance)
+                     threshold=_threshold(root, rules), balance=balance)
 
 
 def _balance_facts(root: Location, view: ViewFacts) -> BalanceFacts:
@@ -143,10 +149,11 @@ def _json_dict(value: bytes | None) -> dict | None:
     return decoded if isinstance(decoded, dict) else None
 
 
-def _threshold(rules: dict, table: pa.Table | None) -> float | None:
-    """The clip_score cut-off of a view: its absolute rule, or the quantile its top fraction implies."""
+def _threshold(root: Location, rules: dict) -> float | None:
+    """The clip_score cut-off of a view: the one its filter resolved and recorded, its absolute rule, or
+    (a view that recorded none) the threshold its top fraction implies over today's scores."""
     flat = flatten(rules)
-    for name, value in flat.items():  # the cut-off the filter resolved and recorded, when it did
+    for name, value in flat.items():
         if name.endswith(".threshold") and isinstance(value, (int, float)):
             return float(value)
     for name, value in flat.items():
@@ -154,13 +161,23 @@ def _threshold(rules: dict, table: pa.Table | None) -> float | None:
             return float(value)
     for name, value in flat.items():
         if name.endswith("top_fraction") and isinstance(value, (int, float)):
-            if table is None or "clip_score" not in table.column_names:
-                return None
-            scores = pc.drop_null(table.column("clip_score"))
-            if len(scores) == 0:
-                return None
-            return float(pc.quantile(scores, q=1.0 - float(value))[0].as_py())
+            return _top_fraction_threshold(root, float(value))
     return None
+
+
+def _top_fraction_threshold(root: Location, fraction: float) -> float | None:
+    from mmdata.curate.rules import kth_largest
+    from mmdata.table import JoinedShards
+
+    if not layout.complete_shards(root) or "clip_score" not in JoinedShards(root, ["key"]).columns:
+        return None
+
+    def scores():
+        for table in JoinedShards(root, ["clip_score"]):
+            values = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float64)
+            yield values[~np.isnan(values)]
+
+    return kth_largest(scores, lambda count: max(1, math.ceil(fraction * count)))
 
 
 def flatten(payload, prefix: str = "") -> dict:
@@ -176,13 +193,6 @@ def flatten(payload, prefix: str = "") -> dict:
             flat.update(flatten(value, f"{prefix}{position}."))
         return flat
     return {prefix.rstrip("."): payload}
-
-
-def _domain(url: str | None) -> str:
-    try:
-        return urlsplit(url or "").netloc or "(no host)"
-    except ValueError:
-        return "(malformed)"
 
 
 def _read_json(path: Location) -> dict | None:

@@ -14,17 +14,15 @@ import html
 import io
 import json
 import os
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 import mmdata
 from mmdata import layout
 from mmdata.atomic import atomic_file
 from mmdata.report import plots
+from mmdata.report.aggregates import MEMORY_LIMIT, TierClusters
 from mmdata.report.facts import BalanceFacts, ReportFacts, flatten, gather
 from mmdata.schemas.members import image_member
 from mmdata.schemas.samples import SUCCESS
@@ -35,6 +33,7 @@ SECTIONS = (
     ("funnel", "Funnel per stage"),
     ("domains", "Statuses and error classes by domain"),
     ("sizes", "Image sizes and aspect ratios"),
+    ("annotations", "Caption languages and image quality"),
     ("scores", "CLIP score distribution"),
     ("threshold", "Samples at the threshold"),
     ("duplicates", "Duplicate clusters"),
@@ -59,24 +58,28 @@ img.chart { max-width: 100%; }
 
 
 def write_report(root: layout.Root, output: str | os.PathLike | Location, *, view: str | None = None,
-                 grid_size: int = 12, clusters_per_tier: int = 3,
+                 grid_size: int = 12, clusters_per_tier: int = 3, memory_limit: str = MEMORY_LIMIT,
                  storage_options: dict | None = None) -> Path | Location:
     """Write the report of dataset ``root`` to ``output`` (one HTML file) and return where it is: a
     Path for a local file, a Location for a URL. ``storage_options`` serve both URLs.
 
     ``view`` picks the view whose clip-score threshold is drawn (default: the first with a score rule).
+    The rows are read a shard at a time as aggregates; ``memory_limit`` bounds DuckDB's share (the counts
+    per domain and per duplicate cluster), which spills to a temporary folder beyond it.
     """
     if grid_size < 1 or clusters_per_tier < 1:
         raise ValueError("grid_size and clusters_per_tier must be at least 1")
-    facts = gather(root, view=view, storage_options=storage_options)
+    facts = gather(root, view=view, grid_size=grid_size, clusters_per_tier=clusters_per_tier,
+                   memory_limit=memory_limit, storage_options=storage_options)
     thumbnails = _Thumbnails(facts)
     bodies = {
         "funnel": _funnel_section(facts),
         "domains": _domains_section(facts),
         "sizes": _sizes_section(facts),
+        "annotations": _annotations_section(facts),
         "scores": _scores_section(facts),
-        "threshold": _threshold_section(facts, thumbnails, grid_size),
-        "duplicates": _duplicates_section(facts, thumbnails, clusters_per_tier),
+        "threshold": _threshold_section(facts, thumbnails),
+        "duplicates": _duplicates_section(facts, thumbnails),
         "balance": _balance_section(facts),
         "provenance": _provenance_section(facts),
     }
@@ -100,18 +103,18 @@ def write_report(root: layout.Root, output: str | os.PathLike | Location, *, vie
 
 
 def _funnel_section(facts: ReportFacts) -> str:
-    if facts.table is None:
+    if facts.rows is None:
         return _not_run("download", "no complete shard in this folder")
-    table = facts.table
-    statuses = Counter(table.column("status").to_pylist())
-    stages = [("input rows", table.num_rows), ("downloaded", statuses.get(SUCCESS, 0))]
+    rows = facts.rows
+    statuses = dict(rows.statuses)
+    stages = [("input rows", rows.rows), ("downloaded", statuses.get(SUCCESS, 0))]
     notes = []
     if facts.scored:
-        stages.append(("scored", len(table) - table.column("clip_score").null_count))
+        stages.append(("scored", rows.scored))
     else:
         notes.append(_not_run("score", "no scores/ folder"))
     if facts.deduplicated:
-        reasons = Counter(r for r in table.column("dup_reason").to_pylist() if r)
+        reasons = rows.dup_reasons
         kept = statuses.get(SUCCESS, 0) - sum(reasons.values())
         for tier in ("exact", "near", "semantic"):
             stages.append((f"dropped as {tier} duplicate", reasons.get(tier, 0)))
@@ -126,7 +129,7 @@ def _funnel_section(facts: ReportFacts) -> str:
     parts = [f'<img class="chart" alt="funnel" src="{plots.funnel_chart(stages, "Samples per stage")}">']
     parts.append(_table(["stage", "samples"], [[label, f"{count:,}"] for label, count in stages]))
     parts.append("<h3>Download statuses</h3>")
-    parts.append(_table(["status", "rows"], [[s, f"{n:,}"] for s, n in statuses.most_common()]))
+    parts.append(_table(["status", "rows"], [[s, f"{n:,}"] for s, n in rows.statuses]))
     for view_facts in facts.views:
         parts.append(f"<h3>Filter funnel of view <code>{_e(view_facts.name)}</code></h3>")
         parts.append(_funnel_table(view_facts.funnel))
@@ -152,108 +155,117 @@ def _funnel_table(funnel) -> str:
 
 
 def _domains_section(facts: ReportFacts) -> str:
-    if facts.table is None:
+    if facts.rows is None:
         return _not_run("download", "no complete shard in this folder")
-    domains = facts.table.column("domain").to_pylist()
-    statuses = facts.table.column("status").to_pylist()
-    by_domain: dict[str, Counter] = defaultdict(Counter)
-    for domain, status in zip(domains, statuses):
-        by_domain[domain][status] += 1
-    order = sorted(by_domain, key=lambda d: -sum(by_domain[d].values()))[:20]
-    status_names = [s for s, _ in Counter(statuses).most_common()]
-    series = {status: [by_domain[d][status] for d in order] for status in status_names}
+    order = [name for name, _ in facts.rows.domains]
+    by_domain = dict(facts.rows.domains)
+    status_names = [status for status, _ in facts.rows.statuses]
+    series = {status: [by_domain[d].get(status, 0) for d in order] for status in status_names}
     parts = [
         f'<img class="chart" alt="statuses by domain" src="{plots.stacked_bars(order, series, "Status by domain")}">'
     ]
-    parts.append(_table(["domain", *status_names], [[d, *[by_domain[d][s] for s in status_names]] for d in order]))
-    if "error_class" in facts.table.column_names:
-        errors: Counter = Counter()
-        for domain, status, error_class in zip(domains, statuses, facts.table.column("error_class").to_pylist()):
-            if status != SUCCESS:
-                errors[(domain, status, error_class or "(none)")] += 1
-        parts.append("<h3>Error classes</h3>")
-        parts.append(_table(["domain", "status", "error class", "rows"],
-                            [[d, s, c, n] for (d, s, c), n in errors.most_common(40)]))
+    parts.append(_table(["domain", *status_names],
+                        [[d, *[by_domain[d].get(s, 0) for s in status_names]] for d in order]))
+    parts.append("<h3>Error classes</h3>")
+    parts.append(_table(["domain", "status", "error class", "rows"], [list(error) for error in facts.rows.errors]))
     return "".join(parts)
 
 
 def _sizes_section(facts: ReportFacts) -> str:
-    if facts.table is None:
+    if facts.rows is None:
         return _not_run("download", "no complete shard in this folder")
-    success = facts.table.filter(pc.equal(facts.table.column("status"), SUCCESS))
-    widths = _floats(success, "original_width")
-    heights = _floats(success, "original_height")
-    keep = ~(np.isnan(widths) | np.isnan(heights)) & (heights > 0)
-    if not keep.any():
+    histograms = facts.rows.histograms
+    if not facts.rows.sized:
         return "<p>No stored image records its original size.</p>"
-    widths, heights = widths[keep], heights[keep]
     chart = plots.histograms(
-        [("original width (px)", widths), ("original height (px)", heights), ("aspect ratio (w/h)", widths / heights)],
-        f"{keep.sum():,} stored images",
+        [("original width (px)", histograms["original_width"]), ("original height (px)", histograms["original_height"]),
+         ("aspect ratio (w/h)", histograms["aspect_ratio"])],
+        f"{facts.rows.sized:,} stored images",
     )
     return f'<img class="chart" alt="size histograms" src="{chart}">'
+
+
+def _annotations_section(facts: ReportFacts) -> str:
+    if not facts.annotated:  # an optional stage, not a step of the loop: a plain note, not "not run"
+        return ("<p>No annotations in this dataset. <code>mmdata annotate DIR</code> adds each caption's language "
+                "and each image's sharpness (<code>laplacian_variance</code>).</p>")
+    rows, parts = facts.rows, []
+    if rows.languages:
+        labels = [code for code, _ in rows.languages]
+        chart = plots.bars(labels, [count for _, count in rows.languages],
+                           f"The {len(labels)} most frequent caption languages")
+        parts.append(f'<img class="chart" alt="caption languages" src="{chart}">')
+        parts.append(_table(["caption_language", "rows", "share"],
+                            [[code, f"{count:,}", _share(count, rows.rows)] for code, count in rows.languages]))
+        parts.append(f"<p>{rows.no_language:,} rows have no caption language (no caption).</p>")
+    panels = [(label, rows.histograms[name]) for name, label in (
+        ("laplacian_variance", "laplacian_variance (log scale)"),
+        ("caption_chars_per_100px", "caption_chars_per_100px"),
+        ("caption_language_score", "caption_language_score"),
+    ) if name in rows.histograms]
+    if panels:
+        chart = plots.histograms(panels, "Image quality and language confidence")
+        parts.append(f'<img class="chart" alt="annotation histograms" src="{chart}">')
+        outside = rows.histograms.get("laplacian_variance")
+        if outside is not None and outside.outside:
+            parts.append(f"<p>{outside.outside:,} images with a laplacian_variance of 0 are not drawn "
+                         "(flat images: nothing to see on a log scale).</p>")
+    return "".join(parts)
 
 
 def _scores_section(facts: ReportFacts) -> str:
     if not facts.scored:
         return _not_run("score", "no clip_score column: run `mmdata score`")
-    scores = _floats(facts.table, "clip_score")
-    scores = scores[~np.isnan(scores)]
+    histogram = facts.rows.histograms.get("clip_score")
     threshold = facts.view.threshold if facts.view else None
-    title = f"{len(scores):,} scored pairs"
-    parts = [f'<img class="chart" alt="clip_score histogram" src="{plots.score_histogram(scores, threshold, title)}">']
+    title = f"{facts.rows.scored:,} scored pairs"
+    parts = []
+    if histogram is not None:
+        chart = plots.score_histogram(histogram, threshold, title)
+        parts.append(f'<img class="chart" alt="clip_score histogram" src="{chart}">')
     if threshold is None:
         parts.append(_not_run("filter", "no view with a clip-score rule, so no threshold to draw"))
     else:
         parts.append(f"<p>Threshold {threshold:.4f} from view <code>{_e(facts.view.name)}</code>: "
-                     f"{int((scores >= threshold).sum()):,} pairs at or above, "
-                     f"{int((scores < threshold).sum()):,} below.</p>")
+                     f"{facts.rows.at_or_above:,} pairs at or above, {facts.rows.below:,} below.</p>")
     return "".join(parts)
 
 
-def _threshold_section(facts: ReportFacts, thumbnails: "_Thumbnails", grid_size: int) -> str:
+def _threshold_section(facts: ReportFacts, thumbnails: "_Thumbnails") -> str:
     if not facts.scored or facts.view is None or facts.view.threshold is None:
         return _not_run("filter", "needs scores and a view with a clip-score rule")
-    table = facts.table.filter(pc.invert(pc.is_null(facts.table.column("clip_score"))))
-    scores = _floats(table, "clip_score")
     threshold = facts.view.threshold
-    above = [i for i in np.argsort(scores) if scores[i] >= threshold][:grid_size]
-    below = [i for i in np.argsort(-scores) if scores[i] < threshold][:grid_size]
     parts = []
-    for title, indices in (
-        (f"Just above {threshold:.4f} (kept)", above), (f"Just below {threshold:.4f} (dropped)", below)
+    for title, rows in (
+        (f"Just above {threshold:.4f} (kept)", facts.rows.just_above),
+        (f"Just below {threshold:.4f} (dropped)", facts.rows.just_below),
     ):
         parts.append(f"<h3>{_e(title)}</h3>")
-        figures = [_figure(thumbnails, table, int(i), f"{scores[i]:.3f}") for i in indices]
+        figures = [_figure(thumbnails, row, f"{row['clip_score']:.3f}") for row in rows]
         parts.append('<div class="grid">' + "".join(figures) + "</div>" if figures else "<p>None.</p>")
     return "".join(parts)
 
 
-def _duplicates_section(facts: ReportFacts, thumbnails: "_Thumbnails", clusters_per_tier: int) -> str:
+def _duplicates_section(facts: ReportFacts, thumbnails: "_Thumbnails") -> str:
     if not facts.deduplicated:
         return _not_run("dedup", "no annotations/dedup.parquet: run `mmdata dedup`")
-    table = facts.table
-    row_of = {key: i for i, key in enumerate(table.column("key").to_pylist())}
-    clusters: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, (kept, reason) in enumerate(
-        zip(table.column("duplicate_of").to_pylist(), table.column("dup_reason").to_pylist())
-    ):
-        if kept is not None and kept in row_of:
-            clusters[reason or "unknown"][kept].append(i)
-    similarity = table.column("dup_similarity").to_pylist() if "dup_similarity" in table.column_names else None
     parts = []
     for tier in ("exact", "near", "semantic"):
-        tier_clusters = clusters.get(tier, {})
-        parts.append(f"<h3>{tier} ({sum(len(v) for v in tier_clusters.values()):,} dropped, "
-                     f"{len(tier_clusters):,} clusters)</h3>")
-        if not tier_clusters:
+        clusters = facts.rows.clusters.get(tier, TierClusters())
+        parts.append(f"<h3>{tier} ({clusters.dropped:,} dropped, {clusters.clusters:,} clusters)</h3>")
+        check = facts.semantic_check
+        if tier == "semantic" and check is not None and check.get("ran") is False:
+            parts.append("<p>Refused by its check: the embeddings cannot tell a copy from a neighbour at this eps, "
+                         "so the tier marked nothing (see the check below).</p>")
+            continue
+        if not clusters.clusters:
             parts.append("<p>No duplicates in this tier.</p>")
             continue
-        for kept, members in sorted(tier_clusters.items(), key=lambda item: -len(item[1]))[:clusters_per_tier]:
-            figures = [_figure(thumbnails, table, row_of[kept], "kept")]
-            for i in members[:7]:
-                label = tier if similarity is None or similarity[i] is None else f"{tier} {similarity[i]:.3f}"
-                figures.append(_figure(thumbnails, table, i, label))
+        for cluster in clusters.shown:
+            figures = [_figure(thumbnails, cluster.kept, "kept")] if cluster.kept is not None else []
+            for row in cluster.members:
+                similarity = row.get("dup_similarity")
+                figures.append(_figure(thumbnails, row, tier if similarity is None else f"{tier} {similarity:.3f}"))
             parts.append('<div class="cluster grid">' + "".join(figures) + "</div>")
     if facts.semantic_check is not None:
         parts.append(_semantic_check(facts.semantic_check))
@@ -411,20 +423,17 @@ class _Thumbnails:
         return self._scanned[shard]
 
 
-def _figure(thumbnails: _Thumbnails, table: pa.Table, index: int, label: str) -> str:
-    row = {name: table.column(name)[index].as_py() for name in ("key", "shard", "tar_offset", "tar_size", "caption")
-           if name in table.column_names}
+def _figure(thumbnails: _Thumbnails, row: dict, label: str) -> str:
     shard = row.get("shard") or row["key"][: layout.SHARD_DIGITS]
-    uri = thumbnails.data_uri(shard, row["key"], row.get("tar_offset"), row.get("tar_size"))
+    caption = (f'<figcaption><b>{_e(label)}</b> <code>{_e(row["key"])}</code><br>'
+               f'{_e((row.get("caption") or "")[:90])}</figcaption>')
+    try:
+        uri = thumbnails.data_uri(shard, row["key"], row.get("tar_offset"), row.get("tar_size"))
+    except FileNotFoundError:  # a metadata-only copy of a dataset: say so where the picture would be
+        return f"<figure><p>(no image: the tar of shard {_e(shard)} is missing)</p>{caption}</figure>"
     if uri is None:
         return ""
-    caption = row.get("caption") or ""
-    return (f'<figure><img alt="{_e(row["key"])}" src="{uri}"><figcaption><b>{_e(label)}</b> '
-            f'<code>{_e(row["key"])}</code><br>{_e(caption[:90])}</figcaption></figure>')
-
-
-def _floats(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(table.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return f'<figure><img alt="{_e(row["key"])}" src="{uri}">{caption}</figure>'
 
 
 def _table(header: list[str], rows: list[list], *, escape: bool = True) -> str:

@@ -1,14 +1,19 @@
 """The report's charts, drawn with matplotlib's object API (no pyplot state, Agg canvas) and returned
-as PNG data URIs so the HTML file stands alone."""
+as PNG data URIs so the HTML file stands alone. Histograms arrive counted (aggregates of the dataset),
+never as the values themselves."""
 
 from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
+
+if TYPE_CHECKING:
+    from mmdata.report.aggregates import Histogram
 
 PALETTE = ("#2f6db5", "#e07b39", "#3a9d5d", "#c0392b", "#8e5ea2", "#7f8c8d", "#d4ac0d", "#16a085")
 
@@ -49,22 +54,23 @@ def stacked_bars(rows: list[str], series: dict[str, list[int]], title: str) -> s
     return to_data_uri(figure)
 
 
-def histograms(panels: list[tuple[str, np.ndarray]], title: str) -> str:
+def histograms(panels: list[tuple[str, "Histogram"]], title: str) -> str:
+    """One panel per histogram, counted beforehand (a log-scale one is drawn on a log x axis)."""
     figure = Figure(figsize=(3.2 * len(panels), 2.8))
-    for position, (label, values) in enumerate(panels):
+    for position, (label, histogram) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), position + 1)
-        axes.hist(values, bins=40, color=PALETTE[position % len(PALETTE)])
+        _bars(axes, histogram, PALETTE[position % len(PALETTE)])
         axes.set_xlabel(label)
         axes.spines[["top", "right"]].set_visible(False)
     figure.suptitle(title)
     return to_data_uri(figure)
 
 
-def score_histogram(scores: np.ndarray, threshold: float | None, title: str) -> str:
+def score_histogram(histogram: "Histogram", threshold: float | None, title: str) -> str:
     """clip_score distribution with the filter's cut-off drawn as a vertical line."""
     figure = Figure(figsize=(7, 3))
     axes = figure.subplots()
-    axes.hist(scores, bins=60, color=PALETTE[0])
+    _bars(axes, histogram, PALETTE[0])
     if threshold is not None:
         axes.axvline(threshold, color=PALETTE[3], linestyle="--", label=f"threshold {threshold:.3f}")
         axes.legend()
@@ -73,6 +79,24 @@ def score_histogram(scores: np.ndarray, threshold: float | None, title: str) -> 
     axes.set_title(title)
     axes.spines[["top", "right"]].set_visible(False)
     return to_data_uri(figure)
+
+
+def bars(labels: list[str], counts: list[int], title: str) -> str:
+    """Vertical bars, one per label, in the order given."""
+    figure = Figure(figsize=(7, 3))
+    axes = figure.subplots()
+    axes.bar(labels, counts, color=PALETTE[2])
+    axes.set_ylabel("rows")
+    axes.set_title(title)
+    axes.spines[["top", "right"]].set_visible(False)
+    return to_data_uri(figure)
+
+
+def _bars(axes, histogram: "Histogram", colour: str) -> None:
+    edges = 10.0 ** histogram.edges if histogram.log else histogram.edges
+    axes.stairs(histogram.counts, edges, fill=True, color=colour)
+    if histogram.log:
+        axes.set_xscale("log")
 
 
 def entry_count_curves(before: np.ndarray, after: np.ndarray, t: int, title: str, points: int = 2000) -> str:

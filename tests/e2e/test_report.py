@@ -57,9 +57,11 @@ def test_report_command_writes_the_same_page(tmp_path):
 
 BALANCE_CAPTIONS = ["a dog in the park"] * 20 + ["a cat on a sofa"] * 10 + ["a fox, running"] * 4 + \
     ["an owl and a cat"] * 2 + ["nothing to see"] * 2
-SEMANTIC_CHECK = {"verdict": "eps 0.05 separates near copies from neighbours", "eps": 0.05,
-                  "nn_similarity_quantiles": {"p50": 0.912, "p99": 0.991}, "random_pair_similarity_p99": 0.41,
-                  "nn_fraction_above_threshold": 0.0125}
+# shaped as mmdata.curate.semantic_check.SemanticCheck records it: here a refused tier
+SEMANTIC_CHECK = {"verdict": "refused: 1 - eps = 0.9500 lies inside the bulk of nearest-neighbour similarities",
+                  "ran": False, "refused": True, "forced": False, "eps": 0.05, "threshold": 0.95, "samples": 400,
+                  "nearest_neighbour": {"q50": 0.912, "q99": 0.991}, "random_pairs": {"q99": 0.41},
+                  "above_threshold": 0.0125}
 
 
 def _balanced_dataset(root, folder, *, semantic_check=None):
@@ -133,10 +135,11 @@ def test_balance_section_shows_the_numbers(tmp_path):
 
     duplicates = _section(text, "duplicates")
     assert "Semantic tier check" in duplicates
-    assert "eps 0.05 separates near copies from neighbours" in duplicates
-    for name, value in [("eps", "0.05"), ("nn_similarity_quantiles.p50", "0.912"),
-                        ("nn_similarity_quantiles.p99", "0.991"), ("random_pair_similarity_p99", "0.41"),
-                        ("nn_fraction_above_threshold", "0.0125")]:
+    assert "refused: 1 - eps = 0.9500 lies inside the bulk" in duplicates
+    assert "Refused by its check" in duplicates  # the semantic tier is shown refused, not as "no duplicates"
+    for name, value in [("eps", "0.05"), ("nearest_neighbour.q50", "0.912"),
+                        ("nearest_neighbour.q99", "0.991"), ("random_pairs.q99", "0.41"),
+                        ("above_threshold", "0.0125"), ("samples", "400")]:
         assert f"<td>{name}</td><td>{value}</td>" in duplicates
 
 

@@ -1,0 +1,251 @@
+"""Benchmark: every metadata stage at 1M, 10M and 100M rows, in bounded memory and linear time.
+
+Builds metadata-only datasets with the real schemas (shards of 10,000 rows: metadata parquets and stats
+files, one score table per shard, the language, image-quality and dedup annotation tables; no image
+bytes; ``tests/metadata_corpus.py``), cached under ``.cache/scale/`` between runs, then runs each stage in
+its own process under a memory watcher (the peak RSS of the process tree, sampled every 50 ms) and
+prints a table of stage x rows with wall time and peak RSS, and the fitted exponent of time in rows.
+Targets: every stage at 100M rows under 4 GB peak RSS, with a time exponent <= 1.15 from 1M to 100M.
+
+    python bench/scale.py --quick                  # 1M rows only
+    python bench/scale.py                          # 1M, 10M, 100M
+    python bench/scale.py --rows 1M,10M --stages filter,table
+    python bench/scale.py --rows 1M --code /tmp/old # the same stages with another checkout's mmdata
+                                                    # (git archive HEAD | tar -x -C /tmp/old) for a before/after
+
+A stage is a function of (dataset, scratch folder) in ``STAGES``; add one there (dedup, index, the loader's
+catalog) and it gets a row. A stage a checkout lacks (``--code`` older than it) is reported as missing.
+Memory figures hold on a busy machine; times do not: each line records the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "scale"
+SIZES = {"1M": 1_000_000, "10M": 10_000_000, "100M": 100_000_000}
+TARGET_GIB, TARGET_EXPONENT = 4.0, 1.15
+DATA_VERSION = 1  # bump when tests/metadata_corpus.py changes what it writes
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[str, str], object]  # (dataset folder, scratch folder)
+    what: str
+
+
+def _filter_rules(root: str, scratch: str) -> object:
+    from mmdata.curate import view
+
+    write = getattr(view, "write_view", None) or view.filter_view  # an older checkout has only filter_view
+    return write(root, view="bench-rules", min_size=200, max_aspect_ratio=2.5, min_caption_words=3,
+                 min_caption_chars=10)
+
+
+def _filter_command(root: str, scratch: str) -> object:
+    from mmdata.cli import main
+
+    return main(["filter", root, "--view", "bench-command", "--min-size", "200", "--max-aspect-ratio", "2.5",
+                 "--min-caption-words", "3", "--min-caption-chars", "10"])
+
+
+def _filter_all(root: str, scratch: str) -> object:
+    from mmdata.curate import view
+
+    write = getattr(view, "write_view", None) or view.filter_view
+    return write(root, view="bench-all", top_fraction=0.3, language="en,de", drop_duplicates=True,
+                 where="laplacian_variance > 30 AND url NOT LIKE '%site3.test%'")
+
+
+def _table(root: str, scratch: str) -> object:
+    from mmdata.table import write_table
+
+    return write_table(root, os.path.join(scratch, "table.parquet"))
+
+
+def _report(root: str, scratch: str) -> object:
+    from mmdata.report.html import write_report
+
+    return write_report(root, os.path.join(scratch, "report.html"))
+
+
+STAGES = {stage.name: stage for stage in (
+    Stage("filter", _filter_rules, "size and caption rules (the issue's measurement)"),
+    Stage("filter-cli", _filter_command, "the same rules through `mmdata filter` (what the command holds)"),
+    Stage("filter-all", _filter_all, "top_fraction 0.3, language, drop_duplicates, --where"),
+    Stage("table", _table, "mmdata table: every column to one parquet"),
+    Stage("report", _report, "the HTML report (aggregates; thumbnails absent: no tars)"),
+)}
+
+
+def dataset(rows: int) -> Path:
+    """The cached dataset of ``rows`` rows, built on first use (minutes per 10M rows)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from metadata_corpus import CorpusSpec, write_corpus
+
+    spec = CorpusSpec(rows=rows)
+    root = CACHE / f"{rows}"
+    marker = root / "bench-complete.json"
+    wanted = {"version": DATA_VERSION, "spec": repr(spec)}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return root
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    started = time.perf_counter()
+    print(f"building {rows:,} rows under {root} ...", file=sys.stderr, flush=True)
+    write_corpus(root, spec)
+    seconds = time.perf_counter() - started
+    marker.write_text(json.dumps(wanted))
+    print(f"built {rows:,} rows in {seconds:.0f} s ({_size(root) / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
+    return root
+
+
+def measure(stage: str, root: Path, code: Path | None) -> dict:
+    """Run ``stage`` in a child process; its wall time and the peak RSS of its process tree."""
+    import psutil
+
+    environment = dict(os.environ)
+    if code is not None:
+        environment["PYTHONPATH"] = f"{code}{os.pathsep}{environment.get('PYTHONPATH', '')}"
+    with tempfile.TemporaryDirectory(prefix="mmdata-scale-") as scratch:
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", stage, str(root), scratch]
+        started = time.perf_counter()
+        child = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watched, peak = psutil.Process(child.pid), 0
+        while child.poll() is None:
+            try:
+                tree = [watched, *watched.children(recursive=True)]
+                peak = max(peak, sum(_rss(process) for process in tree))
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.05)  # sampling a running process: there is nothing to wait on
+        seconds = time.perf_counter() - started
+        output, errors = child.communicate()
+    result = {"stage": stage, "rows": _rows(root), "seconds": round(seconds, 2), "peak_mib": round(peak / 2**20),
+              "load": os.getloadavg()[0], "code": str(code) if code else "working tree"}
+    if child.returncode:
+        result["error"] = (errors.strip().splitlines() or ["?"])[-1]
+    else:
+        result["result"] = output.strip().splitlines()[-1] if output.strip() else ""
+    return result
+
+
+def _rss(process) -> int:
+    import psutil
+
+    try:
+        return process.memory_info().rss
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def _rows(root: Path) -> int:
+    return int(root.name)
+
+
+def _size(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
+def exponent(points: list[tuple[int, float]]) -> float | None:
+    """The least-squares slope of log(seconds) in log(rows)."""
+    if len({rows for rows, _ in points}) < 2:
+        return None
+    xs = [math.log(rows) for rows, _ in points]
+    ys = [math.log(max(seconds, 1e-3)) for _, seconds in points]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+
+
+def print_table(results: list[dict]) -> None:
+    sizes = sorted({result["rows"] for result in results})
+    print(f"\n{'stage':<12}" + "".join(f"{_label(rows):>22}" for rows in sizes) + f"{'exponent':>10}")
+    for stage in dict.fromkeys(result["stage"] for result in results):
+        cells, points, peaks = [], [], []
+        for rows in sizes:
+            found = [r for r in results if r["stage"] == stage and r["rows"] == rows]
+            if not found:
+                cells.append(f"{'-':>22}")
+                continue
+            result = found[-1]
+            if "error" in result:
+                cells.append(f"{'failed':>22}")
+                continue
+            points.append((rows, result["seconds"]))
+            peaks.append((rows, result["peak_mib"]))
+            cells.append(f"{result['seconds']:>9.1f} s {result['peak_mib']:>6,} MiB")
+        slope = exponent(points)
+        print(f"{stage:<12}" + "".join(cells) + (f"{slope:>10.2f}" if slope is not None else f"{'-':>10}"))
+        largest = max(peaks) if peaks else None
+        if largest and largest[0] >= SIZES["100M"] and largest[1] > TARGET_GIB * 1024:
+            print(f"  over target: {largest[1]:,} MiB at {_label(largest[0])} (target {TARGET_GIB} GiB)")
+        if slope is not None and slope > TARGET_EXPONENT:
+            print(f"  over target: time exponent {slope:.2f} (target <= {TARGET_EXPONENT})")
+    loads = [result["load"] for result in results]
+    print(f"\nload average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
+    for result in results:
+        if "error" in result:
+            print(f"{result['stage']} at {_label(result['rows'])} failed: {result['error']}")
+
+
+def _label(rows: int) -> str:
+    return next((name for name, value in SIZES.items() if value == rows), f"{rows:,}")
+
+
+def _child(stage: str, root: str, scratch: str) -> None:
+    outcome = STAGES[stage].run(root, scratch)
+    rows = getattr(outcome, "rows", None) or getattr(outcome, "num_rows", None)
+    print(f"{stage}: {rows if rows is not None else outcome}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1M rows only")
+    parser.add_argument("--rows", default="1M,10M,100M", help="comma-separated sizes among 1M, 10M, 100M")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, among {', '.join(STAGES)}")
+    parser.add_argument("--code", type=Path, help="run the stages with the mmdata of this checkout instead")
+    parser.add_argument("--results", type=Path, default=CACHE / "results.jsonl", help="append each result here")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.child:
+        _child(*arguments.child)
+        return []
+    names = ["1M"] if arguments.quick else [name.strip() for name in arguments.rows.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SIZES] + [
+        name for name in arguments.stages.split(",") if name not in STAGES]
+    if unknown:
+        parser.error(f"unknown sizes or stages {unknown}; sizes: {list(SIZES)}, stages: {list(STAGES)}")
+    code = arguments.code.resolve() if arguments.code else None
+    if code is not None and not (code / "mmdata").is_dir():
+        parser.error(f"--code {code}: no mmdata package there")
+    if code is not None and not (code / "mmdata" / "schemas").exists():
+        (code / "mmdata" / "schemas").symlink_to(code / "schemas")  # as the editable install maps it
+    results = []
+    arguments.results.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        root = dataset(SIZES[name])
+        for stage in arguments.stages.split(","):
+            result = measure(stage, root, code)
+            results.append(result)
+            with open(arguments.results, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    print_table(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
