@@ -161,6 +161,8 @@ def _second_pass(root: Location, shards: list[str], has: set, facts: RowFacts, e
     kept_keys = {cluster.kept_key for cluster in wanted.values()}
     for table in JoinedShards(root, [name for name in reads if name in has], shards=shards):
         for name, values in _numbers(table, has).items():
+            if name not in edges:  # no value anywhere in the first pass (a column of nulls): no histogram
+                continue
             if name in LOG_SCALE:
                 outside[name] += int((values <= 0).sum())
                 values = np.log10(values[values > 0])
