@@ -77,7 +77,7 @@ def build_catalog(
             "byte index (shard, tar_offset, tar_size); ask only for other metadata columns"
         )
     shards = list_shards(source)
-    metadata = _MetadataCache(source, shards)
+    metadata = _MetadataCache(source, shards, ("key", "status", "tar_offset", "tar_size", *columns))
     if view is None:
         selected = _all_samples(shards, metadata)
     else:
@@ -99,11 +99,13 @@ def build_catalog(
 
 
 class _MetadataCache:
-    """Reads each shard's metadata parquet at most once, and only when needed."""
+    """Reads each shard's metadata parquet at most once, only when needed, and only ``columns`` (those
+    it has)."""
 
-    def __init__(self, source: Source, shards: list[str]):
+    def __init__(self, source: Source, shards: list[str], columns: Iterable[str]):
         self.source = source
         self.shards = shards
+        self.columns = list(dict.fromkeys(columns))
         self._tables: dict[str, pa.Table | None] = {}
 
     def get(self, shard: str) -> pa.Table | None:
@@ -122,9 +124,19 @@ class _MetadataCache:
 
     def _read(self, shard: str) -> pa.Table | None:
         try:
-            return pq.read_table(io.BytesIO(self.source.read_file(f"{shard}.parquet")))
+            return read_parquet(self.source.read_file(f"{shard}.parquet"), self.columns)
         except SourceError:
             return None
+
+
+def read_parquet(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
+    """The ``columns`` (those present; ``None``: all) of an in-memory parquet file. Not
+    ``pq.read_table``, whose first call imports pyarrow.dataset and pandas (about a second)."""
+    parquet = pq.ParquetFile(io.BytesIO(data))
+    if columns is None:
+        return parquet.read()
+    present = set(parquet.schema_arrow.names)
+    return parquet.read(columns=[name for name in columns if name in present])
 
 
 def _all_samples(shards: list[str], metadata: _MetadataCache) -> pa.Table:
@@ -143,7 +155,7 @@ def _view_table(source: Source, view: str | pa.Table | Iterable[str]) -> pa.Tabl
         table = view
     elif isinstance(view, str):
         try:
-            table = pq.read_table(io.BytesIO(source.read_file(f"views/{view}.parquet")))
+            table = read_parquet(source.read_file(f"views/{view}.parquet"))
         except SourceError as error:
             raise ValueError(f"no view named {view!r} in {source.location} (expected views/{view}.parquet)") from error
     else:

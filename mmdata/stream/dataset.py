@@ -9,7 +9,6 @@ worker (:mod:`mmdata.stream.resume`), which the main process can know exactly (s
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import multiprocessing.context
 import os
@@ -19,16 +18,16 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmdata.schemas.members import caption_member, image_member
 from mmdata.storage import Location
 from mmdata.stream import partition
 from mmdata.stream.catalog import Catalog, build_catalog
+from mmdata.stream.decode import decode_image
 from mmdata.stream.loader import StreamingDataLoader
 from mmdata.stream.options import StreamOptions
-from mmdata.stream.reader import StreamError, plan_runs, read_ahead, read_run
+from mmdata.stream.reader import StreamError, fetch_run, parse_run, plan_runs, read_ahead
 from mmdata.stream.resume import ConsumedCounts, ResumeState
 from mmdata.stream.source import Source, open_source
 
@@ -192,19 +191,17 @@ class StreamingDataset(IterableDataset):
         source = self.source
         runs = plan_runs(np.sort(emit), shard_ids, self._offsets[read_order], sizes, self.catalog.shards,
                          max_gap=source.coalesce_gap)
-        fetched = read_ahead(
-            runs,
-            lambda run: read_run(source, run, [keys[p] for p in run.positions], sizes[run.positions].tolist()),
-            depth=max(PREFETCH_RUNS, source.read_threads),
-            threads=source.read_threads,
-        )
+        # Reader threads only read (the GIL is free meanwhile); parsing happens here, between decodes.
+        fetched = read_ahead(runs, lambda run: fetch_run(source, run), depth=max(PREFETCH_RUNS, source.read_threads),
+                             threads=source.read_threads)
         held: dict[int, Any] = {}  # read, not yet emitted: at most shuffle_buffer + one run
         lost = 0
         try:
             for done, position in enumerate(emit.tolist(), start=skip + 1):
                 while position not in held:
-                    run, results = next(fetched)
-                    held.update(zip(run.positions, results))
+                    run, blob = next(fetched)
+                    parsed = parse_run(run, blob, [keys[p] for p in run.positions], sizes[run.positions].tolist())
+                    held.update(zip(run.positions, parsed))
                 members = held.pop(position)
                 try:
                     if isinstance(members, StreamError):
@@ -237,8 +234,8 @@ class StreamingDataset(IterableDataset):
         try:
             caption = caption_bytes.decode("utf-8")
             image: Any = image_bytes
-            if options.decode == "pil":
-                image = decode_pil(image_bytes)
+            if options.decode is not None:
+                image = decode_image(image_bytes, options.decode, options.jpeg_decoder)
         except Exception as error:  # noqa: BLE001 - an undecodable sample is raised or counted as such
             raise StreamError(shard, key, f"cannot decode: {error}") from error
         if options.image_transform is not None:
@@ -260,9 +257,3 @@ class StreamingDataset(IterableDataset):
             state["_skipped_everywhere"] = None
         return state
 
-
-def decode_pil(data: bytes) -> Image.Image:
-    """An RGB PIL image, fully decoded (as webdataset's ``"pil"``, without its extra copies)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image if image.mode == "RGB" else image.convert("RGB")

@@ -73,7 +73,7 @@ def _scanned_members(source: Source, shard: str) -> pa.Table:
     token = hashlib.blake2b(source.cache_token(name).encode(), digest_size=16).hexdigest()
     cached = cache_dir() / f"{token}.parquet"
     if cached.exists():
-        return pq.read_table(cached, schema=MEMBER_SCHEMA)
+        return pq.ParquetFile(cached).read(columns=MEMBER_SCHEMA.names).cast(MEMBER_SCHEMA)
     try:
         members = scan_members(source.read_file(name))
     except (ShardFormatError, tarfile.TarError) as error:

@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-DECODES = ("pil", None)
+from mmdata.stream.decode import DECODES, check_jpeg_decoder
+
 ON_ERROR = ("raise", "skip")
 
 
@@ -23,13 +24,16 @@ class StreamOptions:
     ``torch.distributed``, else RANK/WORLD_SIZE, else 0 of 1 (see :meth:`resolved`).
     ``columns``: metadata columns added to each item (e.g. ``clip_score``). ``shuffle_buffer=1``
     keeps shard order without mixing. ``drop_last``/``pad`` give every rank the same count.
-    ``on_error="skip"`` counts unreadable samples instead of raising."""
+    ``on_error="skip"`` counts unreadable samples instead of raising. ``decode``: "pil" (an RGB
+    image), "tensor" (uint8 ``[3, H, W]``) or ``None`` (the image's bytes); ``jpeg_decoder="simplejpeg"``
+    decodes JPEGs with simplejpeg rather than Pillow (faster; see :mod:`mmdata.stream.decode`)."""
 
     shuffle: bool = True
     seed: int = 0
     rank: int | None = None
     world_size: int | None = None
     decode: str | None = "pil"
+    jpeg_decoder: str = "pillow"
     image_transform: Callable | None = None
     text_transform: Callable | None = None
     columns: tuple[str, ...] = ()
@@ -44,10 +48,13 @@ class StreamOptions:
         object.__setattr__(self, "columns", tuple(self.columns))
         if self.decode not in DECODES:
             raise ValueError(f"decode must be one of {DECODES}, not {self.decode!r}")
+        check_jpeg_decoder(self.jpeg_decoder)
+        if self.jpeg_decoder != "pillow" and self.decode is None:
+            raise ValueError(f"jpeg_decoder={self.jpeg_decoder!r} has nothing to decode with decode=None")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, not {self.on_error!r}")
         if self.image_transform is not None and self.decode is None:
-            raise ValueError("image_transform needs decoded images: use decode='pil'")
+            raise ValueError("image_transform needs decoded images: use decode='pil' or decode='tensor'")
         if self.drop_last and self.pad:
             raise ValueError("drop_last and pad are exclusive: choose one way to give ranks equal counts")
         if self.seed < 0:

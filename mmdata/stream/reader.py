@@ -73,16 +73,26 @@ def plan_runs(
             start = end
 
 
-def read_run(source: Source, run: Run, keys: list[str], sizes: list[int]) -> list[dict[str, bytes] | StreamError]:
-    """The members of each sample of ``run`` (``keys``/``sizes`` per position), or the error that
-    sample hit. One read for the run; on any trouble each sample is parsed alone so the loss is
-    counted exactly."""
+def fetch_run(source: Source, run: Run) -> bytes | OSError:
+    """The run's bytes in one read, or the error that read hit (a server that ignores ``Range`` is
+    raised: a setup problem, not a lost sample). Pure I/O, so it can run in a reader thread without
+    holding the GIL for long."""
     try:
-        blob = source.read_range(f"{run.shard}.tar", run.offset, run.size)
+        return source.read_range(f"{run.shard}.tar", run.offset, run.size)
     except RangeNotSupported:
         raise
     except OSError as error:
-        return [StreamError(run.shard, key, f"read failed: {error}") for key in keys]
+        return error
+
+
+def parse_run(
+    run: Run, blob: bytes | OSError, keys: list[str], sizes: list[int]
+) -> list[dict[str, bytes] | StreamError]:
+    """The members of each sample of ``run`` (``keys``/``sizes`` per position) from the run's bytes
+    (:func:`fetch_run`), or the error that sample hit; on any trouble each sample is parsed alone so
+    the loss is counted exactly."""
+    if isinstance(blob, OSError):
+        return [StreamError(run.shard, key, f"read failed: {blob}") for key in keys]
     if len(blob) == run.size:
         selected = blob if sum(sizes) == run.size else b"".join(
             blob[start : start + size] for start, size in zip(run.starts, sizes)
@@ -113,43 +123,62 @@ def parse_plain_ustar(blob: bytes, keys: list[str]) -> list[dict[str, bytes]] | 
     """Fast path for the common case: plain ustar regular-file members (what ShardWriter writes),
     grouped as ``keys``. Anything else (long names, pax headers, links, bad checksums, another
     grouping) returns ``None`` and is left to the general safe reader, which accepts or refuses it.
-    A member :func:`mmdata.shards.check_member` refuses is left to it too; pickle-like members are dropped."""
+    A member :func:`mmdata.shards.check_member` refuses is left to it too; pickle-like members are dropped.
+
+    The loop reads only the fields it needs and tests the header checksums together after it: the
+    parse runs beside decoding and holds the GIL, so it must stay short."""
     samples: list[dict[str, bytes]] = []
     current_key = None
+    headers: list[int] = []  # where each header starts (a multiple of 512)
+    checksums: list[int] = []
+    pickle_like: dict[str, bool] = {}
     position, end = 0, len(blob)
-    while position + 512 <= end:
-        header = blob[position : position + 512]
-        if header[0] == 0:
-            break
-        try:
-            checksum = int(header[148:156].replace(b"\0", b" ").strip() or b"0", 8)
-            size = int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
-        except ValueError:
-            return None
-        if checksum != sum(header) - sum(header[148:156]) + 256 or header[156] not in (0x30, 0):
-            return None
-        name = header[:100].split(b"\0", 1)[0]
-        if header[257:262] == b"ustar":
-            prefix = header[345:500].split(b"\0", 1)[0]
-            if prefix:
-                name = prefix + b"/" + name
-        try:
+    try:
+        while position + 512 <= end:
+            if blob[position] == 0:
+                break
+            if blob[position + 156] not in (0x30, 0):
+                return None  # not a regular file
+            size = int(blob[position + 124 : position + 136].replace(b"\0", b" "), 8)
+            checksums.append(int(blob[position + 148 : position + 156].replace(b"\0", b" "), 8))
+            headers.append(position)
+            name = blob[position : position + 100].split(b"\0", 1)[0]
+            if blob[position + 257 : position + 262] == b"ustar" and blob[position + 345]:
+                name = blob[position + 345 : position + 500].split(b"\0", 1)[0] + b"/" + name
             key, extension = check_member(name.decode("utf-8"), size)
-        except (UnicodeDecodeError, ShardFormatError):
-            return None
-        start = position + 512
-        position = start + -(-size // 512) * 512
-        if start + size > end:
-            return None
-        if is_pickle_like(extension):
-            continue
-        if key != current_key:
-            if len(samples) == len(keys) or keys[len(samples)] != key:
+            start = position + 512
+            position = start + -(-size // 512) * 512
+            if start + size > end:
                 return None
-            samples.append({})
-            current_key = key
-        samples[-1][extension] = blob[start : start + size]
-    return samples if len(samples) == len(keys) else None
+            unsafe = pickle_like.get(extension)
+            if unsafe is None:
+                unsafe = pickle_like[extension] = is_pickle_like(extension)
+            if unsafe:
+                continue
+            if key != current_key:
+                if len(samples) == len(keys) or keys[len(samples)] != key:
+                    return None
+                samples.append({})
+                current_key = key
+            samples[-1][extension] = blob[start : start + size]
+    except (ValueError, UnicodeDecodeError, ShardFormatError):
+        return None
+    if len(samples) != len(keys) or not _checksums_match(blob, headers, checksums):
+        return None
+    return samples
+
+
+def _checksums_match(blob: bytes, headers: list[int], checksums: list[int]) -> bool:
+    """Whether each header's stored checksum is the sum of its bytes, its checksum field counted as spaces."""
+    if len(headers) < 8:  # numpy's fixed cost outweighs a few Python sums
+        return all(
+            sum(blob[at : at + 512]) - sum(blob[at + 148 : at + 156]) + 8 * 32 == checksum
+            for at, checksum in zip(headers, checksums)
+        )
+    blocks = np.frombuffer(blob, np.uint8, count=len(blob) // 512 * 512).reshape(-1, 512)
+    picked = blocks[np.asarray(headers, dtype=np.int64) // 512]
+    sums = picked.sum(axis=1, dtype=np.int64) - picked[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    return bool(np.array_equal(sums, np.asarray(checksums, dtype=np.int64)))
 
 
 def read_ahead(

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmdata import layout
-from mmdata.stream.reader import plan_runs, read_ahead, read_run
+from mmdata.stream.reader import StreamError, fetch_run, parse_run, plan_runs, read_ahead
 from mmdata.stream.source import LocalSource
 
 
@@ -38,7 +38,7 @@ def test_a_run_with_gaps_yields_exactly_its_samples(dataset_factory):
     [run] = plan_runs(np.arange(len(chosen)), np.zeros(len(chosen), dtype=np.int64), offsets[chosen], sizes[chosen],
                       ["00000"], max_gap=1 << 20)
     assert run.size > sizes[chosen].sum(), "the read spans unselected samples"
-    members = read_run(LocalSource(root), run, [keys[i] for i in chosen], sizes[chosen].tolist())
+    members = parse_run(run, fetch_run(LocalSource(root), run), [keys[i] for i in chosen], sizes[chosen].tolist())
     assert [sample["txt"].decode() for sample in members] == [f"caption {keys[i]}" for i in chosen]
 
 
@@ -70,3 +70,26 @@ def test_a_failed_read_surfaces_in_order_and_leaving_early_stops():
     assert next(early) == (0, 0)
     early.close()  # cancels what was queued; returns once running reads finish
     assert len(started) <= 4, "no run past the read-ahead window was read"
+
+
+@pytest.mark.parametrize("samples", [2, 12])  # 6 headers (tested one by one) and 36 (tested together)
+def test_a_header_with_a_stale_checksum_costs_only_its_sample(dataset_factory, samples):
+    root, keys = dataset_factory([samples])
+    table = pq.read_table(layout.parquet_path(root, 0))
+    offsets, sizes = np.array(table.column("tar_offset")), np.array(table.column("tar_size"))
+    intact = read_shard(root, offsets, sizes, keys)
+    assert [sample["txt"].decode() for sample in intact] == [f"caption {key}" for key in keys]
+    path = layout.tar_path(root, 0)
+    data = bytearray(path.read_bytes())
+    damaged = samples - 1
+    data[offsets[damaged] + 265] ^= 0x20  # the owner name field: only the checksum notices
+    path.write_bytes(bytes(data))
+    members = read_shard(root, offsets, sizes, keys)
+    assert isinstance(members[damaged], StreamError) and "corrupt tar data" in str(members[damaged])
+    assert members[:damaged] == intact[:damaged]
+
+
+def read_shard(root, offsets, sizes, keys):
+    """Every sample of shard 0, read as one run."""
+    [run] = plan_runs(np.arange(len(offsets)), np.zeros(len(offsets), dtype=np.int64), offsets, sizes, ["00000"])
+    return parse_run(run, fetch_run(LocalSource(root), run), keys, sizes.tolist())
