@@ -236,7 +236,7 @@ def _dedup_quality(rows: list[dict], truth_rows: dict) -> dict:
 
 def _semantic_check(dataset: str) -> dict | None:
     """The semantic tier's check as the dedup stage recorded it (None: the tier was off)."""
-    from mmdata.curate.dedup import DEDUP_METADATA_KEY
+    from mmdata.schemas.annotations import DEDUP_METADATA_KEY
 
     metadata = pq.read_schema(layout.annotations_dir(dataset) / "dedup.parquet").metadata or {}
     return json.loads(metadata.get(DEDUP_METADATA_KEY, b"{}")).get("semantic_check")

@@ -6,6 +6,8 @@
 import pyarrow as pa
 
 DEDUP_REASONS = ("exact", "near", "semantic")
+# dedup.parquet's schema-metadata key: its settings, counts and the semantic tier's check (JSON)
+DEDUP_METADATA_KEY = b"mmdata.dedup"
 
 # One row per sample that dedup looked at; duplicate_of is null for the samples kept. Rows with a
 # duplicate_of are the explanation table: the kept twin, the tier, and the similarity

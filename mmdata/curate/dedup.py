@@ -36,11 +36,9 @@ from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges, s
 from mmdata.curate.semantic_check import SemanticCheck, check_semantic
 from mmdata.execution import Execution, Executor, using
 from mmdata.options import stage_settings
-from mmdata.schemas.annotations import DEDUP_SCHEMA
+from mmdata.schemas.annotations import DEDUP_METADATA_KEY, DEDUP_SCHEMA
 from mmdata.schemas.samples import SUCCESS
 from mmdata.storage import Location
-
-DEDUP_METADATA_KEY = b"mmdata.dedup"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,13 +18,13 @@ import pyarrow as pa
 
 from mmdata import layout
 from mmdata.report.aggregates import MEMORY_LIMIT, RowFacts, summarise
+from mmdata.schemas.annotations import DEDUP_METADATA_KEY
 from mmdata.schemas.balance import BALANCE_KEY
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY
 from mmdata.storage import Location, read_parquet, read_parquet_schema
 from mmdata.storage.parquet import read_parquet_rows
 
 THRESHOLD_RULES = ("min_clip_score", "top_fraction")
-DEDUP_KEY = b"mmdata.dedup"  # dedup.parquet's settings (mmdata.curate.dedup.DEDUP_METADATA_KEY)
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ReportFacts:
     @property
     def semantic_check(self) -> dict | None:
         """The dedup stage's check of its semantic tier (a verdict and its numbers), when it made one."""
-        settings = (self.dedup_metadata or {}).get(DEDUP_KEY.decode())
+        settings = (self.dedup_metadata or {}).get(DEDUP_METADATA_KEY.decode())
         check = settings.get("semantic_check") if isinstance(settings, dict) else None
         return check if isinstance(check, dict) else None
 
