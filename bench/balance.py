@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         "worker_peak_rss_mib": round(max(memory.worker_peaks.values(), default=0) / 2**20),
         "workers_seen": len(memory.worker_peaks),
         "total_peak_rss_mib": round(memory.total_peak / 2**20),
+        "view_rows": result.rows,
         "funnel": result.funnel,
         "entries_matched": int((counts > 0).sum()),
         "head_entries": int((counts > t).sum()),

@@ -46,5 +46,5 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"\n{'entry (largest counts)':<40}{'count':>12}{'kept':>12}")
         for entry, count, kept in zip(*(head.column(name).to_pylist() for name in ("entry", "count", "kept"))):
             print(f"{entry[:38]:<40}{count:>12,}{kept:>12,}")
-    print(f"\nview written to {result.path}; entry counts in {result.entry_counts_path}")
+    print(f"\nview of {result.rows:,} samples written to {result.path}; entry counts in {result.entry_counts_path}")
     return 0

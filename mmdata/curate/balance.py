@@ -31,8 +31,10 @@ hence ``from_view``.
 Work: two passes over the shards as executor tasks (match and count; then match again and decide),
 each reading only the columns it needs of one shard. The automaton is built once per worker process
 and entry list (it is cached, keyed by the list's SHA-256) from the list shared once through
-:meth:`Executor.share`. The driver holds the per-entry counts (one int per entry) and the view it
-writes; shard results are folded in as they arrive.
+:meth:`Executor.share`. The driver holds the per-entry counts (one int per entry) and each shard's
+totals, folded in as they arrive; a sampling task writes its kept rows to a part file of its own,
+and the driver streams the parts into the view in shard order (one part in memory at a time), then
+deletes them: memory is bounded whatever the dataset's size.
 """
 
 from __future__ import annotations
@@ -43,17 +45,16 @@ import hashlib
 import json
 import string
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ahocorasick
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmdata import layout
-from mmdata.atomic import write_parquet
-from mmdata.curate.view import view_path
+from mmdata.atomic import ParquetPieces, parquet_writer, write_parquet
+from mmdata.curate.view import existing_view, view_batches, view_path
 from mmdata.execution import Execution, Executor, StageProgress, sized, using
 from mmdata.execution.progress import COUNT
 from mmdata.options import stage_settings
@@ -86,8 +87,10 @@ class BalanceConfig:
 
 @dataclass
 class BalanceResult:
-    view: pa.Table  # VIEW_SCHEMA rows of the kept samples, in shard order
-    entry_counts: pa.Table  # ENTRY_COUNTS_SCHEMA
+    """What :func:`balance` wrote; the view itself stays on disk (``read_view(root, name)`` reads it whole)."""
+
+    rows: int  # rows of the view: the kept samples
+    entry_counts: pa.Table  # ENTRY_COUNTS_SCHEMA: one row per entry
     funnel: dict  # rows_in, steps (status_success, [from_view,] matched_any_entry, balanced), rows_out
     path: Location  # the view
     entry_counts_path: Location
@@ -324,6 +327,21 @@ def _view_rows(pool: pa.Table, keep: np.ndarray, uids: list[str], shard: str) ->
     return pa.table(columns)
 
 
+def sample_shard(root: Location, shard: str, view_keys: pa.Array | None, encoded_entries: np.ndarray,
+                 fingerprint: str, probability: np.ndarray, seed: int, parts: Location) -> ShardBalance:
+    """:func:`balance_shard`'s sampling pass, the kept rows written to ``parts/<shard>.parquet`` (none when
+    it keeps nothing) rather than returned: the driver then streams them into the view in shard order."""
+    result = balance_shard(root, shard, view_keys, encoded_entries, fingerprint, probability, seed)
+    if result.kept:
+        write_parquet(result.kept_rows, _part_path(parts, shard), VIEW_SCHEMA)
+    result.kept_rows = None
+    return result
+
+
+def _part_path(parts: Location, shard: str) -> Location:
+    return parts / f"{shard}.parquet"
+
+
 def _count_true(mask) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
@@ -351,10 +369,15 @@ def balance(root: layout.Root, config: BalanceConfig | None = None, *, view: str
         raise ValueError(f"{root} holds no complete shard: nothing to balance (mmdata download first)")
     source = _source_view(root, config.from_view)
     entries = read_entries(location(config.metadata, storage_options))
-    passes = _Passes(root, shards, source, entries)
+    parts = root / BALANCE_DIR / f".{view}.parts"
+    parts.remove_tree()  # an interrupted run's
+    passes = _Passes(root, shards, source, entries, parts)
     try:
         with using(sized(execution, len(shards))) as executor:
             passes.run(executor, config.t, config.seed)
+    except BaseException:
+        parts.remove_tree()
+        raise
     finally:
         _forget_matcher()  # the inline executor built it in this process
 
@@ -390,50 +413,63 @@ def balance(root: layout.Root, config: BalanceConfig | None = None, *, view: str
         FUNNEL_KEY: json.dumps(funnel, sort_keys=True).encode(),
         **balance_metadata,
     }
-    view_table = write_parquet(passes.view().replace_schema_metadata(view_metadata), output, VIEW_SCHEMA)
-    return BalanceResult(view_table, entry_table, funnel, output, counts_path)
+    try:
+        with parquet_writer(output, VIEW_SCHEMA) as writer:
+            passes.write_view(writer)
+            writer.set_metadata(view_metadata)
+    finally:
+        parts.remove_tree()
+    return BalanceResult(writer.rows, entry_table, funnel, output, counts_path)
 
 
 class _Passes:
     """The two passes over the shards and what the driver folds from them: per-entry counts before
-    (``counts``) and after (``kept_counts``), the sample totals, and each shard's kept rows."""
+    (``counts``) and after (``kept_counts``), the sample totals, and how many samples each shard kept
+    (the kept rows themselves wait in ``parts``, one file per shard, until :meth:`write_view`)."""
 
-    def __init__(self, root: Location, shards: list[str], source: Location | None, entries: list[str]):
-        self.root, self.shards, self.source = root, shards, source
+    def __init__(self, root: Location, shards: list[str], source: Location | None, entries: list[str],
+                 parts: Location):
+        self.root, self.shards, self.source, self.parts = root, shards, source, parts
         self.encoded = np.frombuffer(json.dumps(entries).encode(), dtype=np.uint8)
         self.fingerprint = hashlib.sha256(self.encoded).hexdigest()
         self.counts = np.zeros(len(entries), dtype=np.int64)
         self.kept_counts = np.zeros(len(entries), dtype=np.int64)
         self.probability = np.ones(len(entries), dtype=np.float64)
         self.totals: collections.Counter = collections.Counter()
-        self._kept_rows: dict[str, pa.Table] = {}
+        self._kept: dict[str, int] = {}  # shard -> kept samples, for the shards that kept any
 
     def run(self, executor: Executor, t: int, seed: int) -> None:
         shared_entries = executor.share(self.encoded)
-        counted = self._pass(executor, "balance: matching", "matched", self.counts, (shared_entries, self.fingerprint))
+        counted = self._pass(executor, balance_shard, "balance: matching", "matched", self.counts,
+                             (shared_entries, self.fingerprint))
         self.probability = np.minimum(1.0, t / np.maximum(self.counts, 1)).astype(np.float64)
-        arguments = (shared_entries, self.fingerprint, executor.share(self.probability), seed)
-        self.totals = self._pass(executor, "balance: sampling", "kept", self.kept_counts, arguments)
+        arguments = (shared_entries, self.fingerprint, executor.share(self.probability), seed, self.parts)
+        self.totals = self._pass(executor, sample_shard, "balance: sampling", "kept", self.kept_counts, arguments)
         if any(counted[name] != self.totals[name] for name in ("rows", "successes", "pool", "matched")):
             raise RuntimeError(f"{self.root} changed while it was balanced (the passes saw {dict(counted)} and then "
                                f"{dict(self.totals)}); re-run mmdata balance")
 
-    def view(self) -> pa.Table:
-        """The kept rows of every shard, in shard order."""
-        tables = [self._kept_rows[shard] for shard in self.shards if shard in self._kept_rows]
-        return pa.concat_tables(tables) if tables else VIEW_SCHEMA.empty_table()
+    def write_view(self, writer: ParquetPieces) -> None:
+        """The kept rows of every shard, in shard order, one shard's part in memory at a time."""
+        for shard in self.shards:
+            if self._kept.get(shard):
+                part = read_parquet(_part_path(self.parts, shard))
+                if part.num_rows != self._kept[shard]:
+                    raise RuntimeError(f"balance part of shard {shard} holds {part.num_rows} rows, not "
+                                       f"{self._kept[shard]}: another balance into this view ran; re-run it")
+                writer.write(part)
 
-    def _pass(self, executor: Executor, description: str, counter: str, into: np.ndarray,
-              arguments: tuple) -> collections.Counter:
+    def _pass(self, executor: Executor, task: Callable[..., ShardBalance], description: str, counter: str,
+              into: np.ndarray, arguments: tuple) -> collections.Counter:
         totals: collections.Counter = collections.Counter()
 
         def fold(result: ShardBalance) -> None:
             if result.entry_ids is not None:
                 into[result.entry_ids] += result.entry_counts
             totals.update(result.counters())
-            if result.kept_rows is not None:
-                self._kept_rows[result.shard] = result.kept_rows
-            result.entry_ids = result.entry_counts = result.kept_rows = None  # the executor holds every result
+            if result.kept:
+                self._kept[result.shard] = result.kept
+            result.entry_ids = result.entry_counts = None  # the executor holds every result
 
         progress = StageProgress(
             description, unit="sample", tasks=len(self.shards),
@@ -442,7 +478,7 @@ class _Passes:
         pools = _pool_keys(self.root, self.shards, self.source)
         tasks = ((self.root, shard, keys, *arguments) for shard, keys in pools)
         with progress:
-            executor.run_tasks(balance_shard, tasks, progress=progress, on_result=fold)
+            executor.run_tasks(task, tasks, progress=progress, on_result=fold)
         return totals
 
 
@@ -463,15 +499,7 @@ def _funnel(totals: collections.Counter, config: BalanceConfig, entry_count: int
 
 
 def _source_view(root: Location, name: str | None) -> Location | None:
-    if name is None:
-        return None
-    path = view_path(root, name)
-    if not path.exists():
-        existing = [file.removesuffix(".parquet") for file in layout.views_dir(root).names(".parquet")]
-        raise FileNotFoundError(
-            f"no view {name!r} in {root} to balance (views: {existing or 'none'}); make one with `mmdata filter`"
-        )
-    return path
+    return None if name is None else existing_view(root, name)
 
 
 _NO_KEYS = pa.array([], pa.string())
@@ -506,21 +534,20 @@ def _view_groups(source: Location) -> Iterator[tuple[str, pa.Array]]:
     """``(shard, keys)`` runs of the view, one per shard, in shard order; raises when the view is not
     grouped that way (then a shard's keys could not be handed to its task whole)."""
     current, chunks = None, []
-    with source.open("rb") as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=_VIEW_BATCH_ROWS, columns=["key", "shard"]):
-            shard_names = batch.column(1).to_numpy(zero_copy_only=False)
-            starts = [0, *(np.flatnonzero(shard_names[1:] != shard_names[:-1]) + 1).tolist()]
-            for start, end in zip(starts, [*starts[1:], len(shard_names)]):
-                shard = shard_names[start]
-                if shard != current:
-                    if current is not None:
-                        if layout.shard_order(shard) <= layout.shard_order(current):
-                            raise ValueError(
-                                f"view {source.name} is not grouped by shard in shard order (shard {shard} after "
-                                f"{current}): balance needs a view in shard order, as mmdata filter writes them"
-                            )
-                        yield current, pa.concat_arrays(chunks)  # a copy: a pickled slice carries its batch
-                    current, chunks = shard, []
-                chunks.append(batch.column(0).slice(start, end - start))
+    for batch in view_batches(source, ["key", "shard"], _VIEW_BATCH_ROWS):
+        shard_names = batch.column(1).to_numpy(zero_copy_only=False)
+        starts = [0, *(np.flatnonzero(shard_names[1:] != shard_names[:-1]) + 1).tolist()]
+        for start, end in zip(starts, [*starts[1:], len(shard_names)]):
+            shard = shard_names[start]
+            if shard != current:
+                if current is not None:
+                    if layout.shard_order(shard) <= layout.shard_order(current):
+                        raise ValueError(
+                            f"view {source.name} is not grouped by shard in shard order (shard {shard} after "
+                            f"{current}): balance needs a view in shard order, as mmdata filter writes them"
+                        )
+                    yield current, pa.concat_arrays(chunks)  # a copy: a pickled slice carries its batch
+                current, chunks = shard, []
+            chunks.append(batch.column(0).slice(start, end - start))
     if current is not None:
         yield current, pa.concat_arrays(chunks)

@@ -6,6 +6,10 @@ tar members, metadata rows and every model's score rows (embeddings included, re
 committed last-file-last (scores, then tar → parquet → stats), so an interrupted run resumes by
 skipping the shards whose stats exist. ``reshard.json`` (the plan, written first) makes sure a
 re-run continues the same plan; ``manifest.json`` is written last.
+
+Memory is bounded whatever the view's size: the plan (row count and keys digest) comes from one
+streamed read of the view's key column, and each task gets a row range of the view file, reading
+only the row groups that hold its rows; the driver never holds the view.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmdata import layout
 from mmdata.atomic import remove_temporaries, write_json, write_parquet
-from mmdata.curate.view import read_view
+from mmdata.curate.view import existing_view, read_view_rows, view_batches
 from mmdata.execution import Execution, StageProgress, sized, using
 from mmdata.execution.progress import COUNT
-from mmdata.options import stage_settings
+from mmdata.options import config_from_options, stage_settings
 from mmdata.shard_output import shard_output
 from mmdata.shards import ShardFormatError, samples_in_range
 from mmdata.stats import load_shard_stats, total_stats
@@ -38,6 +43,7 @@ PLAN_FILE = "reshard.json"
 # this many bytes per read: fewer round trips, bounded memory.
 _READ_GAP_BYTES = 1 << 20
 _READ_MAX_BYTES = 16 << 20
+_ROW_COLUMNS = ("key", "shard", "tar_offset", "tar_size")  # what an output shard needs of its view rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,54 +70,96 @@ class ReshardConfig:
         return location(self.output, self.storage_options)
 
 
+@dataclass(frozen=True)
+class ReshardPlan:
+    """What a reshard copies: the view file and its size, the output shard names, and ``record``, the
+    plan as ``reshard.json`` holds it (a re-run must find the same one)."""
+
+    view_file: Location
+    samples: int
+    shard_size: int
+    record: dict
+
+    @property
+    def digits(self) -> int:
+        return layout.shard_digits_for(-(-self.samples // self.shard_size))
+
+    @property
+    def names(self) -> list[str]:
+        return [layout.shard_name(shard, self.digits) for shard in range(-(-self.samples // self.shard_size))]
+
+
+def plan_reshard(root: layout.Root, config: ReshardConfig | None = None, **options) -> ReshardPlan:
+    """The plan of :func:`reshard`, from one streamed read of the view's key column: its row count and
+    the SHA-256 of its keys. Memory holds one batch of keys, whatever the view's size."""
+    if config is None:
+        config = config_from_options(ReshardConfig, "reshard", options)
+    elif options:
+        raise ValueError("pass either a ReshardConfig or keyword options, not both")
+    root = layout.dataset(root, config.storage_options)
+    if _place(config.output_root) == _place(root):
+        raise ValueError("output must be a new folder, not the source dataset")
+    view_file = existing_view(root, config.view)
+    samples, keys_sha256 = _count_and_digest(view_file)
+    record = {
+        "source": _place(root),
+        "view": config.view,
+        "shard_size": config.shard_size,
+        "samples": samples,
+        "keys_sha256": keys_sha256,
+    }
+    return ReshardPlan(view_file=view_file, samples=samples, shard_size=config.shard_size, record=record)
+
+
 def reshard(root: layout.Root, config: ReshardConfig | None = None, *, execution: Execution = None,
             **options) -> dict:
     """Write the samples of view ``config.view`` of dataset ``root`` as a new dataset at ``config.output``.
 
     Returns the manifest. Output shards run as tasks on ``execution`` (or the flat ``executor``/
-    ``workers``/``ray_address``). Re-running after an interruption finishes the missing shards.
-    Either side may be a URL; ``storage_options`` (a config field) go to both filesystems.
+    ``workers``/``ray_address``); each task reads its own rows of the view (a row range), so neither
+    the driver nor a task holds the view whole. Re-running after an interruption finishes the missing
+    shards. Either side may be a URL; ``storage_options`` (a config field) go to both filesystems.
     """
     config, execution = stage_settings(ReshardConfig, "reshard", config, execution, options)
-    view, shard_size = config.view, config.shard_size
     root, output = layout.dataset(root, config.storage_options), config.output_root
-    if _place(output) == _place(root):
-        raise ValueError("output must be a new folder, not the source dataset")
-    view_table = read_view(root, view)
-    plan = {
-        "source": _place(root),
-        "view": view,
-        "shard_size": shard_size,
-        "samples": view_table.num_rows,
-        "keys_sha256": _keys_digest(view_table.column("key").to_pylist()),
-    }
-    _start_or_resume(output, plan)
+    plan = plan_reshard(root, config)
+    _start_or_resume(output, plan.record)
 
-    shard_count = -(-view_table.num_rows // shard_size)
-    digits = layout.shard_digits_for(shard_count)
-    names = [layout.shard_name(shard, digits) for shard in range(shard_count)]
+    names, digits, shard_size = plan.names, plan.digits, plan.shard_size
     complete = set(layout.complete_shards(output))
     pending = [shard for shard, name in enumerate(names) if name not in complete]
-    tasks = [
-        (root, output, shard, view_table.slice(shard * shard_size, shard_size), shard_size, digits)
-        for shard in pending
-    ]
+    tasks = ((root, output, shard, plan.view_file, plan.samples, shard_size, digits) for shard in pending)
     started = time.perf_counter()
-    if tasks:
-        progress = StageProgress("reshard", total=view_table.num_rows - len(complete) * shard_size, tasks=shard_count,
+    if pending:
+        progress = StageProgress("reshard", total=plan.samples - len(complete) * shard_size, tasks=len(names),
                                  tasks_done=len(complete), final_counts=_final_counts)
-        with using(sized(execution, len(tasks))) as executor, progress:
-            executor.run_tasks(write_shard, tasks, progress=progress)
+        with using(sized(execution, len(pending))) as executor, progress:
+            executor.run_tasks(write_view_shard, tasks, progress=progress)
     _copy_model_files(root, output)
     finish_dataset(output)
 
     total = total_stats(load_shard_stats(output))
     manifest = {
-        **plan, "kind": "reshard", "shards": names, "stats": total,
+        **plan.record, "kind": "reshard", "shards": names, "stats": total,
         "last_run_seconds": round(time.perf_counter() - started, 3),
     }
     write_json(layout.manifest_path(output), manifest)
     return manifest
+
+
+def _count_and_digest(view_file: Location) -> tuple[int, str]:
+    """The view's row count and the SHA-256 of its keys, each followed by a line break (the digest
+    ``reshard.json`` has always held, so a resume across versions matches), a batch at a time."""
+    digest, rows = hashlib.sha256(), 0
+    for batch in view_batches(view_file, ["key"]):
+        keys = batch.column(0)
+        if keys.null_count:
+            raise ValueError(f"view {view_file} has rows without a key: re-make it with mmdata filter")
+        lines = pc.binary_join_element_wise(keys, "", "\n")  # key + "\n" + "": one buffer of "key\n" lines
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset: lines.offset + len(lines) + 1]
+        digest.update(memoryview(lines.buffers()[2])[offsets[0]: offsets[-1]])
+        rows += len(keys)
+    return rows, digest.hexdigest()
 
 
 def _place(root: Location) -> str:
@@ -121,6 +169,18 @@ def _place(root: Location) -> str:
 
 def _final_counts(stats: dict) -> tuple[str, dict[str, int]]:
     return stats["shard"], {COUNT: stats["count"]}
+
+
+def write_view_shard(root: Location, output: Location, shard: int, view_file: Location, samples: int,
+                     shard_size: int, digits: int = layout.SHARD_DIGITS) -> dict:
+    """Output shard ``shard``: its rows of the view (read here, by row range), then :func:`write_shard`."""
+    start = shard * shard_size
+    wanted = min(shard_size, samples - start)
+    rows = read_view_rows(view_file, start, wanted, list(_ROW_COLUMNS))
+    if rows.num_rows != wanted:
+        raise RuntimeError(f"view {view_file} holds {start + rows.num_rows} rows, the plan {samples}: "
+                           "it changed during the reshard; re-run into a new --output folder")
+    return write_shard(root, output, shard, rows, shard_size, digits)
 
 
 def write_shard(root: Location, output: Location, shard: int, rows: pa.Table, shard_size: int,
@@ -299,11 +359,3 @@ def _start_or_resume(output: Location, plan: dict) -> None:
         )
     output.make_dirs()
     write_json(plan_path, plan)
-
-
-def _keys_digest(keys: list[str]) -> str:
-    digest = hashlib.sha256()
-    for key in keys:
-        digest.update(key.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()

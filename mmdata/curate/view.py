@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.atomic import parquet_writer
@@ -23,7 +25,9 @@ from mmdata.curate.rules import FilterConfig, Funnel, RuleCounter, build_rules
 from mmdata.options import config_from_options
 from mmdata.schemas.views import FUNNEL_KEY, RULES_KEY, VIEW_SCHEMA
 from mmdata.storage import Location, read_parquet
+from mmdata.storage.parquet import OpenParquet
 
+VIEW_BATCH_ROWS = 65_536  # rows of one batch when a view is read in pieces
 _VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -121,7 +125,13 @@ def _rules_record(config: FilterConfig, funnel: Funnel, preset: dict | None) -> 
 
 
 def read_view(root: layout.Root, name: str, *, storage_options: dict | None = None) -> pa.Table:
-    """The view's table (VIEW_SCHEMA, with rules and funnel in its metadata)."""
+    """The view's table (VIEW_SCHEMA, with rules and funnel in its metadata), whole: to read a large view
+    in pieces, :func:`existing_view` then :func:`view_batches` or :func:`read_view_rows`."""
+    return read_parquet(existing_view(root, name, storage_options=storage_options))
+
+
+def existing_view(root: layout.Root, name: str, *, storage_options: dict | None = None) -> Location:
+    """The file of view ``name`` of dataset ``root``; FileNotFoundError, naming the views there, when it has none."""
     root = layout.dataset(root, storage_options)
     path = view_path(root, name)
     if not path.exists():
@@ -129,7 +139,32 @@ def read_view(root: layout.Root, name: str, *, storage_options: dict | None = No
         raise FileNotFoundError(
             f"no view {name!r} in {root} (views: {existing or 'none'}); make one with `mmdata filter`"
         )
-    return read_parquet(path)
+    return path
+
+
+def view_batches(path: Location, columns: list[str], batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    """The view file at ``path``, only ``columns``, in order, as batches of at most ``batch_rows`` rows
+    (:data:`VIEW_BATCH_ROWS` by default)."""
+    with path.open("rb") as handle:
+        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows or VIEW_BATCH_ROWS, columns=columns)
+
+
+def read_view_rows(path: Location, start: int, count: int, columns: list[str]) -> pa.Table:
+    """Rows ``[start, start + count)`` of the view file at ``path`` (fewer past its end), only ``columns``:
+    reads just the row groups that hold them, so memory holds a row group or two, whatever the view's size."""
+    opened = OpenParquet(path)
+    pieces, group_start = [], 0
+    for group in range(opened.count):
+        group_rows = opened.file.metadata.row_group(group).num_rows
+        low, high = max(start, group_start), min(start + count, group_start + group_rows)
+        if low < high:
+            pieces.append(opened.read_group(group, columns).slice(low - group_start, high - low))
+        group_start += group_rows
+        if group_start >= start + count:
+            break
+    if not pieces:
+        return opened.schema.empty_table().select(columns)
+    return pa.concat_tables(pieces)
 
 
 def view_funnel(view_table: pa.Table) -> dict:

@@ -191,14 +191,14 @@ def test_each_entry_keeps_about_min_count_t(single_match):
             assert kept == count, entry  # the tail is kept whole
         else:
             assert within_binomial(kept, min(count, T), count * p * (1 - p)), (entry, kept)
-    assert sum(table["kept"]) == result.view.num_rows  # one entry per sample
+    assert sum(table["kept"]) == result.rows  # one entry per sample
 
 
 def test_the_view_is_a_filter_view_with_a_funnel_that_adds_up(single_match):
     folder, _, captions, result = single_match
     stored = read_view(folder / "data", "balanced")
     assert stored.schema.remove_metadata() == VIEW_SCHEMA.remove_metadata()
-    assert stored.column("key").to_pylist() == result.view.column("key").to_pylist()
+    assert stored.num_rows == result.rows
     metadata = stored.schema.metadata
     assert {RULES_KEY, FUNNEL_KEY, BALANCE_KEY} <= set(metadata)
     funnel = view_funnel(stored)
@@ -231,7 +231,7 @@ def test_dropped_samples_are_failures_and_samples_matching_nothing(single_match)
     folder, _, _, result = single_match
     table = mmdata.read_table(folder / "data", columns=["key", "caption", "status"]).to_pylist()
     by_key = {row["key"]: row for row in table}
-    for key in result.view.column("key").to_pylist():
+    for key in read_view(folder / "data", "balanced").column("key").to_pylist():
         row = by_key[key]
         assert row["status"] == "success"
         assert any(entry in (row["caption"] or "") for entry in COUNTS)
@@ -309,7 +309,7 @@ def test_another_seed_is_another_draw(small):
     root = folder / "data"
     first = balance(root, metadata=str(entries), t=50, view="seed0", executor="inline")
     other = balance(root, metadata=str(entries), t=50, view="seed7", seed=7, executor="inline")
-    assert first.view.column("key").to_pylist() != other.view.column("key").to_pylist()
+    assert read_view(root, "seed0").column("key").to_pylist() != read_view(root, "seed7").column("key").to_pylist()
     assert first.entry_counts.column("count").equals(other.entry_counts.column("count"))
 
 
@@ -347,7 +347,7 @@ def test_from_view_restricts_the_pool(small):
     mmdata.filter_view(root, view="no-trees", exclude_caption_regex="tree")
     clean = set(read_view(root, "no-trees").column("key").to_pylist())
     result = balance(root, metadata=str(entries), t=50, view="from-clean", from_view="no-trees", executor="inline")
-    kept = set(result.view.column("key").to_pylist())
+    kept = set(read_view(root, "from-clean").column("key").to_pylist())
     assert kept and kept <= clean
     table = result.entry_counts.to_pydict()
     counts = dict(zip(table["entry"], table["count"]))
@@ -389,7 +389,9 @@ def test_img2dataset_metadata_without_uids(tmp_path):
     result = balance(tmp_path / "data", metadata=str(entries), t=10, executor="inline")
     uids = mmdata.read_table(tmp_path / "data", columns=["key", "uid"]).to_pydict()
     uid_of = dict(zip(uids["key"], uids["uid"]))
-    assert all(uid_of[key] == uid for key, uid in zip(*result.view.select(["key", "uid"]).to_pydict().values()))
+    stored = read_view(tmp_path / "data", "balanced")
+    assert stored.num_rows == result.rows
+    assert all(uid_of[key] == uid for key, uid in zip(*stored.select(["key", "uid"]).to_pydict().values()))
     assert result.entry_counts.column("kept").to_pylist()[1] == 10
 
 
@@ -402,14 +404,15 @@ def test_a_balanced_view_streams_and_reshards(tmp_path):
     captions = [f"a {'square' if i % 3 else 'circle'} shape, number {i}" for i in range(len(items))]
     keys = write_dataset(tmp_path / "data", items, shard_size=12, captions=captions)
     entries = entry_file(tmp_path, ["square", "circle"])
-    result = balance(tmp_path / "data", metadata=str(entries), t=4, executor="inline")
-    assert result.view.num_rows > 0 and set(result.view.column("key").to_pylist()) <= set(keys)
-    assert result.view.column("tar_size").null_count == 0
+    balance(tmp_path / "data", metadata=str(entries), t=4, executor="inline")
+    stored = read_view(tmp_path / "data", "balanced")
+    assert stored.num_rows > 0 and set(stored.column("key").to_pylist()) <= set(keys)
+    assert stored.column("tar_size").null_count == 0
     streamed = [item["key"] for item in mmdata.stream(tmp_path / "data", view="balanced", decode=None)]
-    assert sorted(streamed) == sorted(result.view.column("key").to_pylist())
+    assert sorted(streamed) == sorted(stored.column("key").to_pylist())
     mmdata.reshard(tmp_path / "data", view="balanced", output=tmp_path / "out", shard_size=5, executor="inline")
     resharded = mmdata.read_table(tmp_path / "out", columns=["uid", "status"])
-    assert sorted(resharded.column("uid").to_pylist()) == sorted(result.view.column("uid").to_pylist())
+    assert sorted(resharded.column("uid").to_pylist()) == sorted(stored.column("uid").to_pylist())
 
 
 def test_a_dataset_and_entry_list_on_s3_balance_like_a_local_folder(s3_bucket, tmp_path):
@@ -420,9 +423,11 @@ def test_a_dataset_and_entry_list_on_s3_balance_like_a_local_folder(s3_bucket, t
     entries = entry_file(tmp_path, ["sun", "moon", "star"])
     local = balance(tmp_path / "data", metadata=str(entries), t=10, executor="inline")
     remote = balance(f"{s3_bucket}/data", metadata=f"{s3_bucket}/entries.txt", t=10, executor="processes", workers=2)
-    assert remote.view.to_pylist() == local.view.to_pylist()
+    stored = read_view(tmp_path / "data", "balanced")
+    assert read_view(f"{s3_bucket}/data", "balanced").to_pylist() == stored.to_pylist()
     assert remote.entry_counts.to_pylist() == local.entry_counts.to_pylist()
-    assert read_view(f"{s3_bucket}/data", "balanced").num_rows == local.view.num_rows
+    assert remote.rows == local.rows > 0
+    assert not location(f"{s3_bucket}/data/balance/.balanced.parts").exists()  # the parts are gone
     assert entry_counts_path(f"{s3_bucket}/data", "balanced").exists()
 
 
@@ -438,6 +443,7 @@ def test_the_command_prints_the_funnel_and_writes_the_view(small, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "matched_any_entry" in out and "rows out" in out and "red car" in out
+    assert f"view of {read_view(root, 'cli').num_rows:,} samples written to" in out
     assert view_path(root, "cli").exists()
     assert main(["balance", str(root), "--metadata", str(folder / "missing.txt"), "--executor", "inline"]) == 2
     assert "no entry list at" in capsys.readouterr().err
@@ -451,7 +457,7 @@ def test_the_command_passes_only_what_was_typed(monkeypatch, capsys):
     calls = []
     no_entries = pa.table({"entry": pa.array([], pa.string()), "count": pa.array([], pa.int64()),
                            "kept": pa.array([], pa.int64())})
-    result = SimpleNamespace(funnel={"rows_in": 0, "steps": [], "rows_out": 0}, path="views/balanced.parquet",
+    result = SimpleNamespace(funnel={"rows_in": 0, "steps": [], "rows_out": 0}, rows=0, path="views/balanced.parquet",
                              entry_counts=no_entries, entry_counts_path="balance/balanced.entry_counts.parquet")
     monkeypatch.setattr("mmdata.curate.balance.balance", lambda *args, **kwargs: calls.append((args, kwargs)) or result)
     assert main(["balance", "data", "--metadata", "e.txt"]) == 0
