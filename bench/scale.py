@@ -81,11 +81,39 @@ def _report(root: str, scratch: str) -> object:
     return write_report(root, os.path.join(scratch, "report.html"))
 
 
+def _reshard_plan(root: str, scratch: str) -> object:
+    from mmdata.curate.reshard import plan_reshard
+    from mmdata.curate.view import read_view_rows, view_path
+
+    if not view_path(root, "bench-rules").exists():  # the filter stage writes it; alone, this stage does
+        _filter_rules(root, scratch)
+    plan = plan_reshard(root, view="bench-rules", output=os.path.join(scratch, "resharded"), shard_size=10_000)
+    last = len(plan.names) - 1  # what one task reads: its row range of the view
+    rows = read_view_rows(plan.view_file, last * plan.shard_size, plan.shard_size,
+                          ["key", "shard", "tar_offset", "tar_size"])
+    return f"{plan.samples} rows, {len(plan.names)} shards, last {rows.num_rows}"
+
+
+def _balance(root: str, scratch: str) -> object:
+    sys.path.insert(0, str(REPO / "tests"))
+    from metadata_corpus import WORDS
+
+    from mmdata.curate.balance import balance
+
+    words = [str(word) for word in WORDS]  # every caption word, and every two-word phrase of them
+    entries = os.path.join(scratch, "entries.txt")
+    Path(entries).write_text("\n".join([*words, *(f"{a} {b}" for a in words for b in words)]) + "\n")
+    result = balance(root, metadata=entries, t=20_000, view="bench-balance", executor="processes")
+    return f"{result.rows} of {result.funnel['rows_in']} rows kept"
+
+
 STAGES = {stage.name: stage for stage in (
     Stage("filter", _filter_rules, "size and caption rules (the issue's measurement)"),
     Stage("filter-cli", _filter_command, "the same rules through `mmdata filter` (what the command holds)"),
     Stage("filter-all", _filter_all, "top_fraction 0.3, language, drop_duplicates, --where"),
     Stage("table", _table, "mmdata table: every column to one parquet"),
+    Stage("reshard-plan", _reshard_plan, "reshard's plan: streamed keys digest, one task's row range"),
+    Stage("balance", _balance, "MetaCLIP balance, 2,550 entries, t=20000, view streamed from parts"),
     Stage("report", _report, "the HTML report (aggregates; thumbnails absent: no tars)"),
 )}
 
