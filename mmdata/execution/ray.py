@@ -9,12 +9,15 @@ error. A call whose actor dies is redone on a live actor, a bounded number of ti
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickle
 import time
 import uuid
 from typing import Any, Callable, Iterator
 
 import ray
+from ray.experimental import internal_kv
 
 from mmdata.execution import signals
 from mmdata.execution.base import ActorPool, Backend, Executor, Resubmit
@@ -100,6 +103,7 @@ class RayExecutor(Executor):
     def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:
+            self._board.clear()
             session.__exit__(None, None, None)
 
     @contextlib.contextmanager
@@ -240,64 +244,45 @@ class _RayActorCalls(Backend):
 class ProgressBoard:
     """Live counters that running tasks update from inside (e.g. samples done), read by the driver.
 
-    The board is a named actor made on the first :meth:`read`, which the executor's loop does after
-    submitting the first tasks: made before them, its worker process would start ahead of theirs and
-    hold back the job's first results by about half a second. Reports sent before it exists are
-    dropped (progress is advisory; the next report carries the cumulative counts).
+    The counters live in the cluster's key-value store (the GCS's, which every worker and the
+    driver already talk to), one key per task in a namespace of the job's own, so the board costs
+    no process of its own: a board actor would be a Ray worker process, started (~1 core-second)
+    while the job's first tasks start. A worker node lost mid-job takes nothing of the board with it.
     """
 
     def __init__(self) -> None:
-        self._name = f"mmdata-progress-{uuid.uuid4().hex}"
-        self._actor: Any = None
+        self._namespace = f"mmdata-progress-{uuid.uuid4().hex}"
         self._last: dict[Any, dict[str, int]] = {}
 
     def reporter(self, key: Any, interval: float = 0.5) -> "ProgressReporter":
-        return ProgressReporter(self._name, key, interval)
+        return ProgressReporter(self._namespace, key, interval)
 
     def read(self) -> dict[Any, dict[str, int]]:
-        """The latest counts; the last ones read if the board is unreachable (progress is advisory)."""
-        if self._actor is None:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            # On the driver's node: a worker node lost mid-job must not take the job's progress with it.
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-            self._actor = ray.remote(num_cpus=0)(_Board).options(name=self._name, scheduling_strategy=here).remote()
+        """The latest counts; the last ones read if the store does not answer (progress is advisory)."""
+        namespace = self._namespace.encode()
+        try:  # two calls however many tasks have reported
+            store = internal_kv.internal_kv_get_gcs_client()
+            values = store.internal_kv_multi_get(store.internal_kv_keys(b"", namespace=namespace), namespace=namespace)
+        except Exception:  # noqa: BLE001 - an unreachable GCS must not fail the job; its tasks will
             return self._last
-        try:
-            self._last = ray.get(self._actor.read.remote())
-        except ray.exceptions.RayActorError:
-            pass
+        self._last = {pickle.loads(name): json.loads(value) for name, value in values.items()}
         return self._last
+
+    def clear(self) -> None:
+        """Remove the board's keys (a joined cluster's store outlives the job)."""
+        with contextlib.suppress(Exception):
+            internal_kv._internal_kv_del(b"", del_by_prefix=True, namespace=self._namespace)
 
 
 class ProgressReporter:
-    """Called inside a task with the task's cumulative counts; forwards them to the board, rate-limited."""
+    """Called inside a task with the task's cumulative counts; stores them on the board, rate-limited."""
 
-    def __init__(self, board_name: str, key: Any, interval: float) -> None:
-        self._board_name, self._key = board_name, key
+    def __init__(self, namespace: str, key: Any, interval: float) -> None:
+        self._namespace, self._name = namespace, pickle.dumps(key)
         self._throttle = Throttle(interval)
-        self._actor: Any = None
 
     def __call__(self, counts: dict[str, int], *, force: bool = False) -> None:
         if not self._throttle.due(force):
             return
-        if self._actor is None:
-            try:
-                self._actor = ray.get_actor(self._board_name)
-            except ValueError:  # not made yet
-                return
-        self._actor.report.remote(self._key, dict(counts))
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_actor": None}  # each process looks the board up itself
-
-
-class _Board:
-    def __init__(self) -> None:
-        self._counts: dict[Any, dict[str, int]] = {}
-
-    def report(self, key: Any, counts: dict[str, int]) -> None:
-        self._counts[key] = counts
-
-    def read(self) -> dict[Any, dict[str, int]]:
-        return dict(self._counts)
+        with contextlib.suppress(Exception):  # progress is advisory: a store hiccup must not fail the task
+            internal_kv._internal_kv_put(self._name, json.dumps(counts), namespace=self._namespace)

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 
 from mmdata.execution import ExecutionConfig
 from mmdata.execution.ray import ProgressBoard, RayExecutor
@@ -38,19 +37,19 @@ def test_local_session_stops_everything_it_started():
     assert result["left"] == []
 
 
-def test_progress_board_is_made_on_first_read_and_collects_reports(ray_local):
+def test_progress_board_collects_each_tasks_latest_counts(ray_local):
     def _report(reporter, samples):  # nested: pickled by value, the workers cannot import this module
         reporter({"samples": samples}, force=True)
         return samples
 
-    board = ProgressBoard()
     executor = RayExecutor(ExecutionConfig(executor="ray"))  # the session's Ray, used as it is
-    # Before the first read there is no board actor: a report is dropped, not an error.
-    assert executor.run_tasks(_report, [(board.reporter("early"), 1)]) == [1]
-    assert board.read() == {}  # makes the board
-    executor.run_tasks(_report, [(board.reporter(key), key * 10) for key in (1, 2, 3)])
-    deadline = time.monotonic() + 30
-    counts = board.read()
-    while len(counts) < 3 and time.monotonic() < deadline:  # reports are fire-and-forget: poll the board
-        counts = board.read()
-    assert counts == {1: {"samples": 10}, 2: {"samples": 20}, 3: {"samples": 30}}
+    board = ProgressBoard()
+    assert board.read() == {}
+    assert sorted(executor.run_tasks(_report, [(board.reporter(key), key * 10) for key in (1, 2, 3)])) == [10, 20, 30]
+    # a report is stored before its task returns, so the board holds all three once the tasks are done
+    assert board.read() == {1: {"samples": 10}, 2: {"samples": 20}, 3: {"samples": 30}}
+    board.reporter(2)({"samples": 21}, force=True)  # a later report replaces the task's counts
+    assert board.read()[2] == {"samples": 21}
+    assert board.reporter((7, "x"))({"samples": 1}, force=True) is None and board.read()[(7, "x")] == {"samples": 1}
+    board.clear()
+    assert board.read() == {}
