@@ -8,10 +8,10 @@ error. A call whose actor dies is redone on a live actor, a bounded number of ti
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
-import pickle
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -265,7 +265,7 @@ class ProgressBoard:
             values = store.internal_kv_multi_get(store.internal_kv_keys(b"", namespace=namespace), namespace=namespace)
         except Exception:  # noqa: BLE001 - an unreachable GCS must not fail the job; its tasks will
             return self._last
-        self._last = {pickle.loads(name): json.loads(value) for name, value in values.items()}
+        self._last = {ast.literal_eval(name.decode()): json.loads(value) for name, value in values.items()}
         return self._last
 
     def clear(self) -> None:
@@ -278,7 +278,8 @@ class ProgressReporter:
     """Called inside a task with the task's cumulative counts; stores them on the board, rate-limited."""
 
     def __init__(self, namespace: str, key: Any, interval: float) -> None:
-        self._namespace, self._name = namespace, pickle.dumps(key)
+        # a key is a literal (a shard name, a number, a tuple of them): read back by literal_eval, never unpickled
+        self._namespace, self._name = namespace, repr(key)
         self._throttle = Throttle(interval)
 
     def __call__(self, counts: dict[str, int], *, force: bool = False) -> None:
