@@ -1,23 +1,27 @@
 """``mmdata.stream``: an exactly-once, resumable ``IterableDataset`` over a dataset's shards or a view.
 
-Each rank and DataLoader worker computes its share of the epoch from (seed, epoch, topology) with
-the pure functions of :mod:`mmdata.stream.partition`, reads only its samples' byte ranges, and
-yields them through a bounded shuffle buffer. Its resume state is a count of samples consumed per
-worker (:mod:`mmdata.stream.resume`), which the main process can know exactly (see
-:class:`mmdata.stream.loader.StreamingDataLoader`).
+Each rank and DataLoader worker computes its share of the epoch from (seed, epoch, topology) and
+the catalog's per-shard counts with the pure functions of :mod:`mmdata.stream.partition`, reads the
+rows of the shards its share lies in as it reaches them (:mod:`mmdata.stream.rows`) and only its
+samples' byte ranges, and yields them through a bounded shuffle buffer. Its resume state is a count
+of samples consumed per worker (:mod:`mmdata.stream.resume`), which the main process can know
+exactly (see :class:`mmdata.stream.loader.StreamingDataLoader`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import multiprocessing
 import multiprocessing.context
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmdata.schemas.members import caption_member, image_member
@@ -27,11 +31,29 @@ from mmdata.stream.catalog import Catalog, build_catalog
 from mmdata.stream.decode import decode_image
 from mmdata.stream.loader import StreamingDataLoader
 from mmdata.stream.options import StreamOptions
-from mmdata.stream.reader import StreamError, fetch_run, parse_run, plan_runs, read_ahead
+from mmdata.stream.reader import Run, StreamError, fetch_run, parse_run, plan_runs, read_ahead
 from mmdata.stream.resume import ConsumedCounts, ResumeState
+from mmdata.stream.rows import ShardRows
 from mmdata.stream.source import Source, open_source
 
 PREFETCH_RUNS = 2  # coalesced reads ready ahead of decoding, per worker (at least one per read thread)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A planned read (its positions in the worker's read order) and, per sample, what an item needs."""
+
+    run: Run
+    keys: list[str]
+    sizes: list[int]
+    values: dict[str, list]  # metadata column -> value per sample
+
+
+def _parsed(part: _Part, blob: bytes | OSError) -> Iterator[tuple[int, tuple]]:
+    """``(position, (shard, key, members or error, column values))`` of each sample of a fetched part."""
+    for index, members in enumerate(parse_run(part.run, blob, part.keys, part.sizes)):
+        values = {name: column[index] for name, column in part.values.items()}
+        yield part.run.positions[index], (part.run.shard, part.keys[index], members, values)
 
 
 def stream(
@@ -71,11 +93,6 @@ class StreamingDataset(IterableDataset):
         self.errors: list[StreamError] = []  # samples skipped in this process (on_error="skip")
         # A spawn-context counter can be shared with fork, forkserver and spawn DataLoader workers alike.
         self._skipped_everywhere = multiprocessing.get_context("spawn").Value("q", 0)
-        table = catalog.table
-        shard_ids = pc.index_in(table.column("shard"), value_set=pa.array(catalog.shards, pa.string()))
-        self._shard_ids = np.asarray(shard_ids, dtype=np.int64)
-        self._offsets = np.asarray(table.column("tar_offset"), dtype=np.int64)
-        self._sizes = np.asarray(table.column("tar_size"), dtype=np.int64)
 
     @property
     def rank(self) -> int:
@@ -102,14 +119,14 @@ class StreamingDataset(IterableDataset):
     def __len__(self) -> int:
         """Samples this rank yields per epoch."""
         options = self.options
-        positions = partition.rank_positions(
+        start, stop = partition.rank_span(
             len(self.catalog),
             world_size=options.world_size,
             rank=options.rank,
             drop_last=options.drop_last,
             pad=options.pad,
         )
-        return len(positions)
+        return stop - start
 
     def worker_sizes(self, num_workers: int) -> list[int]:
         """Samples each of ``num_workers`` DataLoader workers of this rank yields per epoch."""
@@ -180,41 +197,33 @@ class StreamingDataset(IterableDataset):
             drop_last=options.drop_last,
             pad=options.pad,
         )
-        emit = plan.emit_order[skip:]
-        if len(emit) == 0:
+        emission = plan.emission(skip)
+        if emission.skip == emission.n:
             return
-        read_order = plan.read_order
-        table = self.catalog.table
-        keys = table.column("key").take(pa.array(read_order)).to_pylist()
-        extra = {name: table.column(name).take(pa.array(read_order)).to_pylist() for name in options.columns}
-        shard_ids, sizes = self._shard_ids[read_order], self._sizes[read_order]
         source = self.source
-        runs = plan_runs(np.sort(emit), shard_ids, self._offsets[read_order], sizes, self.catalog.shards,
-                         max_gap=source.coalesce_gap)
+        planned = self._planned_runs(plan, emission.pending, emission.fresh_from)
         # Reader threads only read (the GIL is free meanwhile); parsing happens here, between decodes.
-        fetched = read_ahead(runs, lambda run: fetch_run(source, run), depth=max(PREFETCH_RUNS, source.read_threads),
-                             threads=source.read_threads)
-        held: dict[int, Any] = {}  # read, not yet emitted: at most shuffle_buffer + one run
+        fetched = read_ahead(planned, lambda part: fetch_run(source, part.run),
+                             depth=max(PREFETCH_RUNS, source.read_threads), threads=source.read_threads)
+        held: dict[int, tuple] = {}  # read, not yet emitted: at most shuffle_buffer + one run
         lost = 0
         try:
-            for done, position in enumerate(emit.tolist(), start=skip + 1):
+            positions = itertools.chain.from_iterable(chunk.tolist() for chunk in emission)
+            for done, position in enumerate(positions, start=skip + 1):
                 while position not in held:
-                    run, blob = next(fetched)
-                    parsed = parse_run(run, blob, [keys[p] for p in run.positions], sizes[run.positions].tolist())
-                    held.update(zip(run.positions, parsed))
-                members = held.pop(position)
+                    held.update(_parsed(*next(fetched)))
+                shard, key, members, values = held.pop(position)
                 try:
                     if isinstance(members, StreamError):
                         raise members
-                    item = self._item(self.catalog.shards[shard_ids[position]], keys[position], members)
+                    item = self._item(shard, key, members)
                 except StreamError as error:
                     if options.on_error == "raise":
                         raise
                     lost += 1
                     self._record(error)
                     continue
-                for name, values in extra.items():
-                    item[name] = values[position]
+                item.update(values)
                 yield done, item
         finally:
             fetched.close()
@@ -225,6 +234,51 @@ class StreamingDataset(IterableDataset):
                     RuntimeWarning,
                     stacklevel=2,
                 )
+
+    def _planned_runs(self, plan: partition.WorkerPlan, pending: np.ndarray, fresh_from: int) -> Iterator[_Part]:
+        """The reads of a worker's remaining samples (``pending``, then every position from
+        ``fresh_from``) in read order. A shard's rows are read when the reads come near it: the next
+        shard's in a background thread while this one's samples are read and decoded."""
+        catalog = self.catalog
+        rows = ShardRows(self.source, catalog.selection, catalog.columns, catalog.shards)
+        starts = plan.segment_starts.tolist()
+        visits = []  # (shard index, first sample, positions in the read order) of the segments left to read
+        for segment, (shard_index, first, _) in enumerate(plan.segments.tolist()):
+            low, high = starts[segment], starts[segment + 1]
+            if high > fresh_from or ((pending >= low) & (pending < high)).any():
+                visits.append((shard_index, first, low, high))
+
+        def read(visit: int) -> pa.Table:
+            shard_index = visits[visit][0]
+            return rows.read(catalog.shards[shard_index], int(catalog.shard_sizes[shard_index]))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="mmdata-stream-rows") as pool:
+            upcoming = pool.submit(read, 0) if visits else None
+            for visit, (shard_index, first, low, high) in enumerate(visits):
+                table = upcoming.result()
+                upcoming = pool.submit(read, visit + 1) if visit + 1 < len(visits) else None
+                earlier = pending[(pending >= low) & (pending < high)]
+                wanted = np.concatenate([earlier, np.arange(max(low, fresh_from), high, dtype=np.int64)])
+                yield from self._shard_parts(catalog.shards[shard_index], table, wanted, first - low)
+
+    def _shard_parts(self, shard: str, table: pa.Table, wanted: np.ndarray, shift: int) -> Iterator[_Part]:
+        """The reads of the ``wanted`` positions of one shard whose selected rows are ``table``
+        (position ``p`` is row ``p + shift``)."""
+        local = pa.array(wanted + shift)
+        keys = table.column("key").take(local).to_pylist()
+        offsets = np.asarray(table.column("tar_offset").take(local), dtype=np.int64)
+        sizes = np.asarray(table.column("tar_size").take(local), dtype=np.int64)
+        values = {name: table.column(name).take(local).to_pylist() for name in self.catalog.columns}
+        runs = plan_runs(np.arange(len(wanted)), np.zeros(len(wanted), dtype=np.int64), offsets, sizes, [shard],
+                         max_gap=self.source.coalesce_gap)
+        for run in runs:
+            picked = run.positions
+            yield _Part(
+                dataclasses.replace(run, positions=wanted[picked].tolist()),
+                [keys[index] for index in picked],
+                sizes[picked].tolist(),
+                {name: [column[index] for index in picked] for name, column in values.items()},
+            )
 
     def _item(self, shard: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
         image_bytes, caption_bytes = image_member(members), caption_member(members)

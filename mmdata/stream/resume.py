@@ -15,7 +15,8 @@ from typing import Protocol, runtime_checkable
 from mmdata.stream import partition
 from mmdata.stream.options import StreamOptions
 
-STATE_FORMAT = "mmdata.stream/1"
+STATE_FORMAT = "mmdata.stream/2"
+EARLIER_FORMATS = ("mmdata.stream/1",)  # fingerprinted the catalog another way: their fingerprints never match
 # The options a saved state is tied to: with any other value the same counts mean other samples.
 RESUME_SETTINGS = ("seed", "shuffle", "shuffle_buffer", "world_size", "rank", "drop_last", "pad")
 
@@ -95,6 +96,11 @@ class ResumeState:
     def load_state_dict(self, state: dict, *, num_workers: int | None = None, batch_size: int | None = None) -> None:
         """Continue the saved epoch. Refuses a state from another dataset, view or setting, and, when
         a loader passes its ``num_workers`` and ``batch_size``, one saved with other values."""
+        if state.get("format") in EARLIER_FORMATS:
+            raise ValueError(
+                f"the state was saved by an earlier mmdata (format {state['format']!r}), whose check of the dataset "
+                "this version cannot repeat: start the epoch afresh (set_epoch) instead of resuming it"
+            )
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not an mmdata.stream state (format {state.get('format')!r})")
         if state["fingerprint"] != self.fingerprint:

@@ -1,6 +1,7 @@
 """Where a dataset's files are read from: a local folder, an http(s) URL (ranged GETs against any
 static file server) or any fsspec URL (through :class:`mmdata.storage.Location`). A source reads
-whole small files and byte ranges of tars.
+whole small files, byte ranges of tars, and parquet files by their footer, column chunks or row
+groups (never whole, so a view or a shard's metadata costs only the columns read).
 
 Each process that reads opens its own handles and connections (a DataLoader worker never reuses its
 parent's), so a source pickles as its location only (an fsspec one with its filesystem's options).
@@ -9,15 +10,22 @@ parent's), so a source pickles as its location only (an fsspec one with its file
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import re
+import threading
 import urllib.parse
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from mmdata import layout
 from mmdata.storage import Location
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+PARQUET_READ_BUFFER = 1 << 16  # bytes fetched at once when a parquet file is read through ranges
+
+
 class SourceError(OSError):
     """A file could not be read from the dataset's location (missing, short, no range support)."""
 
@@ -39,6 +47,18 @@ class Source:
 
     def read_range(self, name: str, offset: int, size: int) -> bytes:
         raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def parquet(self, name: str) -> pq.ParquetFile:
+        """A parquet file opened for reading some of its columns or row groups (ranged reads)."""
+        return pq.ParquetFile(io.BufferedReader(RangedFile(self, name), PARQUET_READ_BUFFER))
+
+    def parquet_metadata(self, name: str) -> pq.FileMetaData:
+        """A parquet file's footer only: its row counts, schema and column statistics."""
+        with self.parquet(name) as parquet:
+            return parquet.metadata
 
     def shards(self) -> list[str] | None:
         """Complete shards in shard order, or ``None`` where the root cannot be listed."""
@@ -82,6 +102,19 @@ class LocalSource(Source):
             handle = self._handles[name] = os.open(self.root / name, os.O_RDONLY)
         return os.pread(handle, size, offset)
 
+    def parquet(self, name: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(self.root / name)
+        except FileNotFoundError as error:
+            raise SourceError(f"{self.root / name} does not exist") from error
+
+    def parquet_metadata(self, name: str) -> pq.FileMetaData:
+        try:
+            with open(self.root / name, "rb") as handle:
+                return pq.read_metadata(handle)
+        except FileNotFoundError as error:
+            raise SourceError(f"{self.root / name} does not exist") from error
+
     def shards(self) -> list[str]:
         return layout.complete_shards(self.dataset)
 
@@ -96,8 +129,9 @@ class LocalSource(Source):
 
 
 class HttpSource(Source):
-    """Ranged GETs over one kept-alive connection per process; a server that ignores ``Range`` is
-    refused rather than downloaded whole."""
+    """Ranged GETs over one kept-alive connection per process and thread (a worker reads its next
+    shard's metadata while its tar ranges are read); a server that ignores ``Range`` is refused
+    rather than downloaded whole."""
 
     def __init__(self, location: str, *, timeout: float = 60.0, retries: int = 3):
         self.location = location.rstrip("/")
@@ -107,7 +141,7 @@ class HttpSource(Source):
         self._parsed = parsed
         self._timeout = timeout
         self._retries = retries
-        self._connection: http.client.HTTPConnection | None = None
+        self._local = threading.local()  # .connection: this thread's kept-alive connection
         self._pid = os.getpid()
 
     def read_file(self, name: str) -> bytes:
@@ -134,10 +168,27 @@ class HttpSource(Source):
             raise SourceError(f"GET {self._url(name)}: unexpected Content-Range {headers.get('content-range')!r}")
         return body
 
+    def size(self, name: str) -> int:
+        """The file's size, from the ``Content-Range`` of a one-byte range read."""
+        status, headers, body = self._get(name, (0, 0))
+        match = _CONTENT_RANGE.match(headers.get("content-range", ""))
+        if status == 416:
+            return 0  # nothing to read: an empty file
+        if status == 200:
+            raise RangeNotSupported(
+                f"GET {self._url(name)} with Range answered HTTP 200 (the whole file): the server must support "
+                "Range requests (nginx, Apache, S3/GCS static hosting and most static servers do)"
+            )
+        if status != 206 or not match or match.group(3) == "*":
+            raise SourceError(f"GET {self._url(name)} bytes 0-0 answered HTTP {status} without the file's size")
+        return int(match.group(3))
+
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Close the calling thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
 
     def _url(self, name: str) -> str:
         return f"{self.location}/{name}"
@@ -165,11 +216,12 @@ class HttpSource(Source):
     def _connect(self) -> http.client.HTTPConnection:
         if self._pid != os.getpid():
             # A forked DataLoader worker must not talk on its parent's socket: forget it, open its own.
-            self._connection, self._pid = None, os.getpid()
-        if self._connection is None:
+            self._local, self._pid = threading.local(), os.getpid()
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
             kind = http.client.HTTPSConnection if self._parsed.scheme == "https" else http.client.HTTPConnection
-            self._connection = kind(self._parsed.hostname, self._parsed.port, timeout=self._timeout)
-        return self._connection
+            connection = self._local.connection = kind(self._parsed.hostname, self._parsed.port, timeout=self._timeout)
+        return connection
 
 
 class StoreSource(Source):
@@ -195,6 +247,12 @@ class StoreSource(Source):
             return b""
         return (self.dataset / name).read_range(offset, size)
 
+    def parquet(self, name: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile((self.dataset / name).open("rb"))
+        except FileNotFoundError as error:
+            raise SourceError(f"{self.location}/{name} does not exist") from error
+
     def shards(self) -> list[str]:
         return layout.complete_shards(self.dataset)
 
@@ -207,6 +265,43 @@ class StoreSource(Source):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["dataset"])
+
+
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file over a source's ranged reads (for parquet readers)."""
+
+    def __init__(self, source: Source, name: str):
+        self.source, self.name = source, name
+        self._position = 0
+        self._size: int | None = None
+
+    def _length(self) -> int:
+        if self._size is None:
+            self._size = self.source.size(self.name)
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position}.get(whence)
+        self._position = max(0, offset + (self._length() if base is None else base))
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self._length() - self._position)
+        if wanted <= 0:
+            return 0
+        data = self.source.read_range(self.name, self._position, wanted)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 def open_source(path: str | os.PathLike | Location, storage_options: dict | None = None) -> Source:

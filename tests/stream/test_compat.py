@@ -60,8 +60,10 @@ def resharded(root, keys, tmp_path):
     from mmdata.curate.reshard import reshard
 
     chosen = keys[::2]
-    view = pa.table({"key": chosen, "shard": [k[:5] for k in chosen]})
-    view = mmdata.stream(root, view=view).catalog.table.select(["key", "shard", "tar_offset", "tar_size"])
+    metadata = pa.concat_tables([pa.parquet.read_table(layout.parquet_path(root, s)).append_column(
+        "shard", pa.array([s] * pa.parquet.read_metadata(layout.parquet_path(root, s)).num_rows))
+        for s in layout.complete_shards(root)])
+    view = metadata.filter(pa.compute.is_in(metadata.column("key"), pa.array(chosen)))
     write_parquet(view, layout.views_dir(root) / "half.parquet", VIEW_SCHEMA)
     output = tmp_path / "resharded"
     reshard(root, view="half", output=output, shard_size=4, executor="inline")
