@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "scale"
 SIZES = {"1M": 1_000_000, "10M": 10_000_000, "100M": 100_000_000}
 TARGET_GIB, TARGET_EXPONENT = 4.0, 1.15
+LOADER_VIEW = "loader30"  # the loader's 30 % view, written once per dataset (tests/stream/scale_view.py)
 DATA_VERSION = 1  # bump when tests/metadata_corpus.py changes what it writes
 
 
@@ -107,6 +108,27 @@ def _balance(root: str, scratch: str) -> object:
     return f"{result.rows} of {result.funnel['rows_in']} rows kept"
 
 
+def _loader(root: str, scratch: str, view: str | None = None) -> object:
+    """One rank of 8 up to its first tar read: catalog (per-shard counts), its epoch plan, the first shard's rows."""
+    import mmdata
+    from mmdata.stream import partition
+    from mmdata.stream.rows import ShardRows
+
+    dataset = mmdata.stream(root, view=view, rank=3, world_size=8, decode=None)
+    catalog = dataset.catalog
+    plan = partition.worker_plan(catalog.shard_sizes, seed=0, epoch=0, shuffle=True, world_size=8, rank=3,
+                                 num_workers=1, worker=0, buffer_size=dataset.options.shuffle_buffer)
+    next(iter(plan.emission()))
+    shard = int(plan.segments[0, 0])
+    rows = ShardRows(dataset.source, catalog.selection, catalog.columns, catalog.shards).read(
+        catalog.shards[shard], int(catalog.shard_sizes[shard]))
+    return f"{len(dataset):,} of {len(catalog):,} samples, first shard {rows.num_rows} rows"
+
+
+def _loader_view(root: str, scratch: str) -> object:
+    return _loader(root, scratch, view=LOADER_VIEW)
+
+
 STAGES = {stage.name: stage for stage in (
     Stage("filter", _filter_rules, "size and caption rules (the issue's measurement)"),
     Stage("filter-cli", _filter_command, "the same rules through `mmdata filter` (what the command holds)"),
@@ -114,6 +136,8 @@ STAGES = {stage.name: stage for stage in (
     Stage("table", _table, "mmdata table: every column to one parquet"),
     Stage("reshard-plan", _reshard_plan, "reshard's plan: streamed keys digest, one task's row range"),
     Stage("balance", _balance, "MetaCLIP balance, 2,550 entries, t=20000, view streamed from parts"),
+    Stage("loader", _loader, "one rank of 8: catalog and plan up to its first read (no tars: no decode)"),
+    Stage("loader-view", _loader_view, "the same on a 30 % view of the stored samples"),
     Stage("report", _report, "the HTML report (aggregates; thumbnails absent: no tars)"),
 )}
 
@@ -128,7 +152,7 @@ def dataset(rows: int) -> Path:
     marker = root / "bench-complete.json"
     wanted = {"version": DATA_VERSION, "spec": repr(spec)}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
-        return root
+        return _with_views(root)
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)
@@ -138,6 +162,15 @@ def dataset(rows: int) -> Path:
     seconds = time.perf_counter() - started
     marker.write_text(json.dumps(wanted))
     print(f"built {rows:,} rows in {seconds:.0f} s ({_size(root) / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
+    return _with_views(root)
+
+
+def _with_views(root: Path) -> Path:
+    """The dataset with the loader's view (written outside the clock, once)."""
+    sys.path.insert(0, str(REPO / "tests" / "stream"))
+    from scale_view import add_view
+
+    add_view(root, LOADER_VIEW)
     return root
 
 
