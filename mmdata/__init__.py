@@ -18,6 +18,7 @@ _EXPORTS = {
     "ScoreConfig": "mmdata.score.config",
     "read_table": "mmdata.table",
     "read_embeddings": "mmdata.table",
+    "iter_embeddings": "mmdata.table",
     "write_table": "mmdata.table",
     "JoinedShards": "mmdata.table",
     "filter_view": "mmdata.curate.view",

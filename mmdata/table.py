@@ -5,7 +5,8 @@ the annotation columns later stages added, joined on ``key`` in shard order.
 it: ``filter``, ``mmdata table``, the report), so a reader holds one shard's rows, not the dataset's;
 :func:`read_table` concatenates its shards into one table, for datasets that fit in memory.
 Works on img2dataset's output too: missing columns (uid, tar_offset, ...) are filled with nulls.
-Only ``key`` and ``clip_score`` are read from score tables; embeddings via :func:`read_embeddings`.
+Only ``key`` and ``clip_score`` are read from score tables; embeddings via :func:`iter_embeddings` (a shard at
+a time) or :func:`read_embeddings`.
 The dataset may be a local folder or a URL (``s3://bucket/ds``): remote files are read concurrently,
 only the columns asked for.
 """
@@ -209,34 +210,75 @@ def _metadata_schema(root: Location, shards: list[str]) -> pa.Schema:
 def read_embeddings(
     root: layout.Root, kind: str = "image", model: str | None = None, *, storage_options: dict | None = None
 ) -> tuple[list[str], np.ndarray]:
-    """``(keys, float32 [n, d])`` of every sample that has an embedding, in shard order.
+    """``(keys, [n, d])`` of every sample that has an embedding, in shard order, in the stored dtype
+    (float16 from ``mmdata score``).
 
-    ``model`` is a model id under ``DIR/scores/`` (default: the default model).
+    ``model`` is a model id under ``DIR/scores/`` (default: the default model). Everything is in memory:
+    stages over a whole dataset iterate :func:`iter_embeddings` instead.
     """
+    root = layout.dataset(root, storage_options)
+    dim = _embedding_record(root, kind, model)[1]
+    keys: list[str] = []
+    parts: list[np.ndarray] = []
+    for shard_keys, vectors in iter_embeddings(root, kind, model):
+        keys += shard_keys.to_pylist()
+        parts.append(vectors)
+    if not parts:
+        return [], np.zeros((0, dim), np.float16)
+    return keys, np.concatenate(parts)
+
+
+def iter_embeddings(
+    root: layout.Root, kind: str = "image", model: str | None = None, *, shards: list[str] | None = None,
+    storage_options: dict | None = None,
+) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """``(keys, vectors [n, d])`` per shard with a score table, in shard order, rows without an embedding
+    left out; ``vectors`` keeps the stored dtype (float16 from ``mmdata score``) and is a read-only view of
+    the column read, so a reader holds one shard's embeddings, never the dataset's.
+
+    ``shards`` picks complete shards (default: all of them); ``model`` as in :func:`read_embeddings`.
+    """
+    root = layout.dataset(root, storage_options)
+    model_id = _embedding_record(root, kind, model)[0]  # raises here, not at the first shard
+    present = set(layout.model_dir(root, model_id).names(".parquet"))
+    chosen = layout.complete_shards(root) if shards is None else shards
+    paths = [layout.score_path(root, model_id, shard) for shard in chosen if f"{shard}.parquet" in present]
+    return _shard_embeddings(root, paths, f"{kind}_embedding")
+
+
+def _shard_embeddings(root: Location, paths: list[Location], column: str) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    for table in prefetched(lambda path: read_parquet(path, columns=["key", column]), paths, root, ahead=2):
+        yield _embedding_rows(table, column)
+
+
+def _embedding_record(root: Location, kind: str, model: str | None) -> tuple[str, int]:
+    """The model id embeddings are read from and their dimension; a clear error when there are none."""
     if kind not in EMBEDDING_KINDS:
         raise ValueError(f"kind must be one of {EMBEDDING_KINDS}, not {kind!r}")
-    root = layout.dataset(root, storage_options)
     model_id = model or layout.default_model(root)
-    if model_id is None or layout.read_model_record(root, model_id) is None:
+    record = None if model_id is None else layout.read_model_record(root, model_id)
+    if record is None:
         known = layout.scored_models(root)
         raise ValueError(
             f"{root} has no scores of model {model_id!r} (scored: {known or 'none'}); run mmdata score first"
         )
-    record = layout.read_model_record(root, model_id)
     if not record.get("keep_embeddings", True):
         raise ValueError(
             f"{model_id} was scored with --no-embeddings; re-score into a copy without it to get embeddings"
         )
-    column = f"{kind}_embedding"
-    tables = _read_score_files(root, model_id, layout.complete_shards(root), ["key", column])
-    if not tables:
-        return [], np.zeros((0, int(record.get("embed_dim", 0))), np.float32)
-    table = pa.concat_tables(tables)
-    table = table.filter(pc.is_valid(table.column(column)))
+    return model_id, int(record.get("embed_dim", 0))
+
+
+def _embedding_rows(table: pa.Table, column: str) -> tuple[pa.Array, np.ndarray]:
+    """One score table's keys and vectors where the embedding is not null; where the column has no nulls
+    the values buffer is used as is (no copy, no cast)."""
     vectors = table.column(column).combine_chunks()
-    dim = vectors.type.list_size
-    values = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return table.column("key").to_pylist(), values.reshape(-1, dim)
+    keys = table.column("key").combine_chunks()
+    if vectors.null_count:
+        valid = vectors.is_valid()
+        vectors, keys = vectors.filter(valid), keys.filter(valid)
+    values = vectors.flatten().to_numpy(zero_copy_only=False)
+    return keys, values.reshape(-1, vectors.type.list_size)
 
 
 def _shard_metadata(root: Location, shard: str, schema: pa.Schema) -> pa.Table:
@@ -256,14 +298,6 @@ def _shard_metadata(root: Location, shard: str, schema: pa.Schema) -> pa.Table:
 
 def _column(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
-
-
-def _read_score_files(root: Location, model_id: str, shards: list[str], columns: list[str]) -> list[pa.Table]:
-    """The score tables present of ``shards`` (one listing, then the reads), only ``columns``."""
-    folder = layout.model_dir(root, model_id)
-    present = set(folder.names(".parquet"))
-    paths = [layout.score_path(root, model_id, shard) for shard in shards if f"{shard}.parquet" in present]
-    return each(lambda path: read_parquet(path, columns=columns), paths, root)
 
 
 def _lookup(keys: pa.ChunkedArray, table: pa.Table, column: str) -> pa.ChunkedArray:

@@ -1,4 +1,4 @@
-"""read_table / read_embeddings over hand-written score and annotation tables (no model, no Ray)."""
+"""read_table / read_embeddings / iter_embeddings over hand-written score and annotation tables (no model, no Ray)."""
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +13,7 @@ from mmdata.schemas.annotations import CONTAMINATION_SCHEMA, DEDUP_SCHEMA
 from mmdata.schemas.scores import score_schema
 from mmdata.score import store
 from mmdata.shard_output import shard_output
+from mmdata.table import iter_embeddings
 
 
 def _dataset(root, shards=2, per_shard=3) -> list[str]:
@@ -105,7 +106,7 @@ def test_embeddings_and_their_errors(tmp_path):
     stored = [key for key in keys if not key.endswith("3")]
     _scores(tmp_path, "m", {key: 0.3 for key in stored}, scored_at="2026-01-01T00:00:00")
     names, vectors = mmdata.read_embeddings(tmp_path, kind="image")
-    assert names == stored and vectors.dtype == np.float32 and vectors.shape == (6, 4)
+    assert names == stored and vectors.dtype == np.float16 and vectors.shape == (6, 4)  # as stored
     assert np.array_equal(vectors[1], [0, 1, 0, 0])
     with pytest.raises(ValueError, match="kind"):
         mmdata.read_embeddings(tmp_path, kind="audio")
@@ -114,6 +115,26 @@ def test_embeddings_and_their_errors(tmp_path):
     _scores(tmp_path, "lean", {key: 0.3 for key in stored}, dim=None, scored_at="2026-03-01T00:00:00")
     with pytest.raises(ValueError, match="no-embeddings"):
         mmdata.read_embeddings(tmp_path)
+
+
+def test_iter_embeddings_per_shard_without_nulls(tmp_path):
+    keys = _dataset(tmp_path)
+    stored = [key for key in keys if not key.endswith("3")]
+    _scores(tmp_path, "m", {key: 0.3 for key in stored}, scored_at="2026-01-01T00:00:00")
+    path = layout.score_path(tmp_path, "m", "00001")
+    table = pq.read_table(path.path)
+    nulled = pa.FixedSizeListArray.from_arrays(table.column("image_embedding").combine_chunks().values, 4,
+                                               mask=pa.array([False, True, False]))
+    write_parquet(table.set_column(3, "image_embedding", nulled), path, table.schema)
+    shards = list(iter_embeddings(tmp_path))
+    assert [shard_keys.to_pylist() for shard_keys, _ in shards] == [stored[:3], [stored[3], stored[5]]]
+    assert all(vectors.dtype == np.float16 and vectors.shape[1] == 4 for _, vectors in shards)
+    assert np.array_equal(shards[1][1], np.eye(4, dtype=np.float16)[[0, 2]])
+    assert [len(k) for k, _ in iter_embeddings(tmp_path, shards=["00001"])] == [2]
+    names, vectors = mmdata.read_embeddings(tmp_path)
+    assert names == stored[:4] + stored[5:] and np.array_equal(vectors, np.concatenate([v for _, v in shards]))
+    with pytest.raises(ValueError, match="kind"):
+        iter_embeddings(tmp_path, kind="audio")  # at the call, before any shard is read
 
 
 def test_unscored_dataset_and_cli(tmp_path, capsys):

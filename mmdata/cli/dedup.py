@@ -1,4 +1,5 @@
-"""``mmdata dedup DIR [--exact] [--near --hamming H] [--semantic --eps E --clusters K [--force-semantic]]``."""
+"""``mmdata dedup DIR [--exact] [--near --hamming H] [--semantic --eps E --clusters K [--force-semantic]]
+[--block-rows N] [--scratch-dir DIR]``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_o
 TIERS = ("exact", "near", "semantic")
 _OPTIONS = (
     "hamming", "colour_tolerance", "thumbnail_tolerance", "mirrors", "eps", "clusters", "force_semantic", "model",
+    "block_rows", "scratch_dir",
 )
 
 
@@ -56,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="semantic tier: mark duplicates even where its check refuses")
     parser.add_argument("--model",
                         help="score model id whose embeddings and clip_score to use (default: the default model)")
+    parser.add_argument("--block-rows", type=int,
+                        help="rows whose hashes are held in memory at once (exact-tier partitions, near-tier search "
+                        "blocks); smaller: less memory, more passes (default %(library_default)s)")
+    parser.add_argument("--scratch-dir",
+                        help="local folder for the spilled hashes and embeddings (default: the system's temp folder)")
     add_execution_flags(parser)
     add_storage_flag(parser)
     parser.set_defaults(handler=run)

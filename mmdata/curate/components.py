@@ -2,6 +2,7 @@
 
 Union-find over numpy arrays (hook the larger root under the smaller, then pointer-jump until every
 label is a root), so millions of pairs cost a few array passes instead of a Python loop per pair.
+Labels are int32 below 2**31 nodes: at 100M samples each labelling costs 400 MB, not 800.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ def connected_components(
     count: int, left: np.ndarray, right: np.ndarray, labels: np.ndarray | None = None
 ) -> np.ndarray:
     """Label per node: the smallest node index of its component. ``labels`` continues an earlier call."""
-    labels = np.arange(count, dtype=np.int64) if labels is None else labels.copy()
-    left = np.asarray(left, dtype=np.int64)
-    right = np.asarray(right, dtype=np.int64)
+    dtype = label_dtype(count)
+    labels = np.arange(count, dtype=dtype) if labels is None else labels.astype(dtype)
+    left = np.asarray(left, dtype=dtype)
+    right = np.asarray(right, dtype=dtype)
     while True:
         _compress(labels)
         root_left, root_right = labels[left], labels[right]
@@ -25,6 +27,11 @@ def connected_components(
         low = np.minimum(root_left[differ], root_right[differ])
         high = np.maximum(root_left[differ], root_right[differ])
         np.minimum.at(labels, high, low)
+
+
+def label_dtype(count: int) -> type:
+    """The smallest integer type that holds ``count`` node indices."""
+    return np.int32 if count < 2**31 else np.int64
 
 
 def _compress(labels: np.ndarray) -> None:

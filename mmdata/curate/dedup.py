@@ -16,29 +16,30 @@ the nearest-neighbour similarities of samples without a known copy (and of the n
 and refuses the tier where ``1 - eps`` lies inside the bulk of those neighbours or cuts through a
 continuous run of them instead of a gap (``force_semantic`` overrides). What it measured and decided
 is ``DedupResult.semantic_check`` and ``semantic_check`` in ``dedup.parquet``'s metadata.
+
+:func:`dedup` runs over a dataset of any size in bounded memory (:mod:`mmdata.curate.dedup_stream`:
+a few bytes per sample, ``block_rows`` rows of hashes, the rest spilled to ``scratch_dir``);
+:func:`find_duplicates` makes the same decision over inputs that are already in memory.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmdata import layout
-from mmdata.atomic import write_parquet
 from mmdata.curate.components import connected_components
-from mmdata.curate.hashes import HASH_BITS, THUMBNAIL_TOLERANCE, NearHashes, dataset_hashes, near_distance, near_matches
+from mmdata.curate.dedup_stream import dedup_dataset
+from mmdata.curate.hashes import HASH_BITS, THUMBNAIL_TOLERANCE, NearHashes, near_distance, near_matches
 from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges, semantic_groups
 from mmdata.curate.semantic_check import SemanticCheck, check_semantic
-from mmdata.execution import Execution, Executor, using
+from mmdata.execution import Execution, Executor
 from mmdata.options import stage_settings
-from mmdata.schemas.annotations import DEDUP_METADATA_KEY, DEDUP_SCHEMA
-from mmdata.schemas.samples import SUCCESS
-from mmdata.storage import Location
+from mmdata.storage import Location, read_parquet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +63,10 @@ class DedupConfig:
     # semantic tier: compare clusters as tasks on the executor from this many embeddings (below, a
     # task's start costs more than the comparisons)
     parallel_min_rows: int = 2_000_000
+    # rows whose hashes are held at once: the exact tier's partitions and the near tier's search blocks
+    # (a block of 1M rows takes about 0.5 GB); smaller: less memory, more passes
+    block_rows: int = 1_000_000
+    scratch_dir: str | None = None  # where the spilled hashes and embeddings go (None: the system's temp folder)
 
     def __post_init__(self) -> None:
         if not (self.exact or self.near or self.semantic):
@@ -72,19 +77,29 @@ class DedupConfig:
             raise ValueError(f"colour_tolerance must be >= 0 (0-255 levels), got {self.colour_tolerance}")
         if self.thumbnail_tolerance is not None and not 0 <= self.thumbnail_tolerance <= 255:
             raise ValueError(f"thumbnail_tolerance must be in [0, 255] levels or None, got {self.thumbnail_tolerance}")
+        if self.block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1 (rows of hashes held at once), got {self.block_rows}")
         SemanticConfig(eps=self.eps, clusters=self.clusters)
 
 
 @dataclass
 class DedupResult:
-    table: pa.Table  # DEDUP_SCHEMA, one row per examined sample
     counts: dict[str, int] = field(default_factory=dict)  # examined, kept, exact, near, semantic, ...
     path: Location | None = None
     semantic_check: SemanticCheck | None = None  # what the semantic tier's check measured (None: tier off)
+    rows: int = 0  # rows of the table: one per examined sample
+    computed: pa.Table | None = None  # find_duplicates' table; None: the table is the file at ``path``
+
+    @property
+    def table(self) -> pa.Table:
+        """DEDUP_SCHEMA, one row per examined sample; a written one is read back whole (a large one is
+        better read from ``path`` a row group at a time)."""
+        return self.computed if self.computed is not None else read_parquet(self.path)
 
     def explanation(self) -> pa.Table:
         """The dropped samples only: key, kept twin, tier, similarity."""
-        return self.table.filter(pc.is_valid(self.table.column("duplicate_of")))
+        table = self.table
+        return table.filter(pc.is_valid(table.column("duplicate_of")))
 
 
 @dataclass
@@ -177,7 +192,7 @@ def find_duplicates(inputs: DedupInputs, config: DedupConfig, executor: Executor
     for tier in ("exact", "near", "semantic"):
         if tier in labels:
             counts[tier] = int((reasons == tier).sum())
-    return DedupResult(table, counts, semantic_check=check)
+    return DedupResult(counts, semantic_check=check, rows=table.num_rows, computed=table)
 
 
 def _known_copies(
@@ -206,72 +221,23 @@ def dedup(root: layout.Root, config: DedupConfig | None = None, *, execution: Ex
     where the work runs as ``execution=`` or the flat ``executor``/``workers``/``ray_address``.
     Hashes come from the per-shard cache (computed from the tars on first use, as tasks); the
     semantic tier needs a score run with embeddings (``mmdata score``). ``root`` may be a URL
-    (``s3://bucket/ds``); ``storage_options`` go to its filesystem.
+    (``s3://bucket/ds``); ``storage_options`` go to its filesystem. Memory is bounded whatever the
+    dataset's size (:mod:`mmdata.curate.dedup_stream`): a few bytes per sample, ``block_rows`` rows of
+    hashes, the rest spilled under ``scratch_dir``.
     """
     config, execution = stage_settings(DedupConfig, "dedup", config, execution, options)
-    model = config.model
-    from mmdata.table import read_embeddings, read_table
-
     root = layout.dataset(root, storage_options)
     if not layout.complete_shards(root):
         raise ValueError(f"{root} holds no complete shard: download into it first (mmdata download)")
-    if model is not None and model not in layout.scored_models(root):
-        raise ValueError(f"no score run {model!r} in {root}/scores (runs: {layout.scored_models(root) or 'none'})")
-    # which twin is kept: the best clip_score of the chosen model (or the default one), if scored
-    score_column = (
-        f"{layout.SCORE_COLUMN_PREFIX}{model}" if model
-        else ("clip_score" if layout.default_model(root) else None)
-    )
-    samples = read_table(root, columns=["key", "status", *([score_column] if score_column else [])])
-    samples = samples.filter(pc.equal(samples.column("status"), SUCCESS))
-    keys = samples.column("key").to_pylist()
-    if score_column is not None:
-        scores = samples.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64)
-    else:
-        scores = np.full(len(keys), np.nan)
-    inputs = DedupInputs(keys=keys, scores=np.where(np.isnan(scores), -np.inf, scores))
-    if config.exact or config.near:
-        _attach_hashes(inputs, dataset_hashes(root, execution=execution))
-    if config.semantic:
-        embedding_keys, embeddings = read_embeddings(root, "image", model)
-        position = {key: row for row, key in enumerate(keys)}
-        pairs = [(position[key], row) for row, key in enumerate(embedding_keys) if key in position]
-        if not pairs:
-            raise ValueError(f"no image embeddings for the samples of {root}: run mmdata score (with embeddings) first")
-        sample_rows, embedding_rows = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
-        inputs.embedding_rows = sample_rows
-        # index only when some embeddings are dropped: a full fancy-index would copy the whole matrix
-        inputs.embeddings = embeddings if len(embedding_rows) == len(embeddings) else embeddings[embedding_rows]
-    if config.semantic and len(inputs.embedding_rows) >= config.parallel_min_rows:
-        with using(execution) as executor:
-            result = find_duplicates(inputs, config, executor)
-    else:
-        result = find_duplicates(inputs, config)
-    settings = {"config": asdict(config), "counts": result.counts}
-    if result.semantic_check is not None:
-        settings["semantic_check"] = asdict(result.semantic_check)
-        if not result.semantic_check.verdict.startswith("ok"):
-            warnings.warn(f"semantic dedup: {result.semantic_check.verdict}", RuntimeWarning, stacklevel=2)
-    table = result.table.replace_schema_metadata({DEDUP_METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
-    path = layout.annotations_dir(root) / "dedup.parquet"
-    result.table = write_parquet(table, path, DEDUP_SCHEMA)
-    result.path = path
-    return result
-
-
-def _attach_hashes(inputs: DedupInputs, hashes: pa.Table) -> None:
-    """Align the hash table to the samples (a stored sample always has a hash row)."""
-    row_of = {key: row for row, key in enumerate(hashes.column("key").to_pylist())}
-    missing = [key for key in inputs.keys if key not in row_of]
-    if missing:
-        raise RuntimeError(
-            f"no hash rows for {len(missing)} successful samples (e.g. {missing[:3]}): "
-            "the tars and metadata disagree"
+    if config.model is not None and config.model not in layout.scored_models(root):
+        raise ValueError(
+            f"no score run {config.model!r} in {root}/scores (runs: {layout.scored_models(root) or 'none'})"
         )
-    aligned = hashes.take(pa.array([row_of[key] for key in inputs.keys], pa.int64()))
-    inputs.sha256 = aligned.column("sha256").to_pylist()
-    inputs.pixel_hash = aligned.column("pixel_hash").to_pylist()
-    inputs.near_rows, inputs.near = NearHashes.from_table(aligned)
+    written = dedup_dataset(root, config, layout.annotations_dir(root) / "dedup.parquet", execution=execution)
+    check = written.semantic_check
+    if check is not None and not check.verdict.startswith("ok"):
+        warnings.warn(f"semantic dedup: {check.verdict}", RuntimeWarning, stacklevel=2)
+    return DedupResult(written.counts, path=written.path, semantic_check=check, rows=written.rows)
 
 
 def _equal_value_edges(values: list[str | None] | None) -> tuple[np.ndarray, np.ndarray]:

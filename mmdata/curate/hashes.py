@@ -50,7 +50,7 @@ from mmdata.execution.progress import COUNT
 from mmdata.schemas.hashes import CROP_COUNT, HASH_SCHEMA, HASH_VERSION
 from mmdata.schemas.members import image_member
 from mmdata.shards import iter_samples
-from mmdata.storage import Location, read_parquet
+from mmdata.storage import Location, read_parquet, read_parquet_schema
 from mmdata.storage.reads import each
 
 CROP_FRACTION = 0.95
@@ -207,34 +207,44 @@ def hash_shard(root: layout.Root, shard: str) -> str:
     return shard
 
 
-def dataset_hashes(root: layout.Root, *, execution: Execution = None, storage_options: dict | None = None) -> pa.Table:
-    """Hashes of every stored sample of the complete shards, computing only the shards not cached.
-
-    Missing shards are hashed as tasks on the executor, one per shard; the cache files are read
-    concurrently from an object store.
-    """
+def ensure_hashes(root: layout.Root, *, execution: Execution = None, storage_options: dict | None = None) -> list[str]:
+    """Hash the complete shards not cached yet (as tasks on the executor, one per shard); returns every
+    complete shard, whose hashes :func:`shard_hashes` then reads one shard at a time."""
     root = layout.dataset(root, storage_options)
     shards = layout.complete_shards(root)
     present = set(cache_dir(root).names(".parquet"))
-    tables = each(lambda shard: _cached(root, shard, present), shards, root)
-    missing = [shard for shard, table in zip(shards, tables) if table is None]
+    current = each(lambda shard: _is_current(root, shard, present), shards, root)
+    missing = [shard for shard, cached in zip(shards, current) if not cached]
     if missing:
         progress = StageProgress("hashing", total=len(missing), unit="shard", tasks=len(shards),
                                  tasks_done=len(shards) - len(missing), final_counts=lambda shard: (shard, {COUNT: 1}))
         with using(sized(execution, len(missing))) as executor, progress:
             executor.run_tasks(hash_shard, [(root, shard) for shard in missing], progress=progress)
-        hashed = dict(zip(missing, each(lambda shard: read_parquet(cache_path(root, shard)), missing, root)))
-        tables = [hashed.get(shard, table) for shard, table in zip(shards, tables)]
-    return pa.concat_tables(tables).cast(HASH_SCHEMA) if tables else HASH_SCHEMA.empty_table()
+    return shards
 
 
-def _cached(root: Location, shard: str, present: set[str]) -> pa.Table | None:
-    """The shard's cached hashes, or ``None`` when missing or written by another ``HASH_VERSION``."""
+def shard_hashes(root: layout.Root, shard: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's cached hashes (HASH_SCHEMA, or ``columns`` of it); :func:`ensure_hashes` first."""
+    table = read_parquet(cache_path(root, shard), columns=columns)
+    schema = HASH_SCHEMA if columns is None else pa.schema([HASH_SCHEMA.field(name) for name in columns])
+    return table.cast(schema)
+
+
+def dataset_hashes(root: layout.Root, *, execution: Execution = None, storage_options: dict | None = None) -> pa.Table:
+    """Hashes of every stored sample of the complete shards in one table, computing only the shards not
+    cached; for datasets whose hashes fit in memory (dedup reads them a shard at a time)."""
+    root = layout.dataset(root, storage_options)
+    shards = ensure_hashes(root, execution=execution)
+    tables = each(lambda shard: shard_hashes(root, shard), shards, root)
+    return pa.concat_tables(tables) if tables else HASH_SCHEMA.empty_table()
+
+
+def _is_current(root: Location, shard: str, present: set[str]) -> bool:
+    """Whether the shard's cache exists and was written by this ``HASH_VERSION``."""
     if f"{shard}.parquet" not in present:
-        return None
-    table = read_parquet(cache_path(root, shard))
-    metadata = table.schema.metadata or {}
-    return table if metadata.get(b"mmdata.hash_version") == HASH_VERSION.encode() else None
+        return False
+    metadata = read_parquet_schema(cache_path(root, shard)).metadata or {}
+    return metadata.get(b"mmdata.hash_version") == HASH_VERSION.encode()
 
 
 def to_codes(values: np.ndarray) -> np.ndarray:
@@ -311,7 +321,19 @@ def near_matches(
     pairs = np.unique(np.concatenate(found), axis=0)
     if not len(pairs):
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
-    left, right = query.take(pairs[:, 0]), reference.take(pairs[:, 1])
+    keep, distance = verify_pairs(
+        query.take(pairs[:, 0]), reference.take(pairs[:, 1]), radius, colour_tolerance, thumbnail_tolerance
+    )
+    return pairs[keep, 0], pairs[keep, 1], distance[keep]
+
+
+def verify_pairs(
+    left: NearHashes, right: NearHashes, radius: int, colour_tolerance: float, thumbnail_tolerance: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, Hamming distance) of the aligned candidate pairs that are near duplicates: within ``radius``,
+    colour moments within ``colour_tolerance`` and, unless ``thumbnail_tolerance`` is None (or a side has
+    no thumbnails), content that :func:`mmdata.curate.thumbnails.verified` agrees on, left as it is or
+    (where only the mirrored hash is within the radius) mirrored."""
     straight, mirrored = oriented_distances(left, right)
     distance = np.minimum(straight, mirrored)
     keep = (distance <= radius) & (colour_distance(left, right) <= colour_tolerance)
@@ -327,7 +349,7 @@ def near_matches(
             )
             keep[rows[agree]] = True
             distance[rows[agree]] = within[rows[agree]]
-    return pairs[keep, 0], pairs[keep, 1], distance[keep]
+    return keep, distance
 
 
 def _range_search(

@@ -13,9 +13,10 @@ from curate_corpus import PIXEL_MODEL_ID, build_corpus, scene_embeddings, write_
 
 from mmdata import layout
 from mmdata.cli import main as cli_main
-from mmdata.curate.dedup import DEDUP_METADATA_KEY, dedup
+from mmdata.curate.dedup import dedup
 from mmdata.curate.semantic import SemanticConfig, normalised, semantic_groups
 from mmdata.curate.semantic_check import MIN_COPIES, SemanticCheck, check_semantic, nearest_similarity
+from mmdata.schemas.annotations import DEDUP_METADATA_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from dedup import clustered_embeddings  # noqa: E402  (the benchmark's generator)
