@@ -8,7 +8,7 @@ from mmdata.cli._defaults import defaults_from
 from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 from mmdata.score.model import DEVICES
 
-_OPTIONS = ("hamming", "colour_tolerance", "eps", "embedding", "model", "pretrained", "device")
+_OPTIONS = ("hamming", "colour_tolerance", "eps", "embedding", "model", "pretrained", "device", "batch_size")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrained", help="the score run's checkpoint, if its recorded path is gone")
     parser.add_argument("--device", choices=DEVICES,
                         help="where to encode the evaluation images (default %(library_default)s)")
+    parser.add_argument("--batch-size", type=int,
+                        help="embedding tier: samples compared at a time; smaller takes less memory "
+                        "(default %(library_default)s)")
     add_execution_flags(parser)
     add_storage_flag(parser)
     parser.set_defaults(handler=run)

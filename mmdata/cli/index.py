@@ -7,7 +7,7 @@ import argparse
 from mmdata.cli._defaults import defaults_from
 from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_options, given, storage_options
 
-_OPTIONS = ("kind", "model", "max_index_memory", "force")
+_OPTIONS = ("kind", "model", "max_index_memory", "batch_size", "force")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-index-memory", metavar="SIZE",
                         help="RAM the index may take, e.g. 2GB (default %(library_default)s bytes, or the committed "
                         "index's)")
+    parser.add_argument("--batch-size", type=int,
+                        help="vectors added to the index at a time; smaller takes less memory "
+                        "(default %(library_default)s)")
     parser.add_argument("--force", action="store_true", default=None,
                         help="rebuild even when the embeddings did not change")
     add_storage_flag(parser)

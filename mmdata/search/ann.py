@@ -9,6 +9,9 @@ until recall@10 against exact search reaches a target, and stored with the index
 
 The budget bounds the faiss index held in RAM; the float16 vectors (``vectors.npy``, 2 bytes per
 dimension) stay on disk and are paged in only for the rows a query re-ranks or a view restricts to.
+A build never holds the vectors either: the training sample and the tuning queries are drawn from
+them in one pass, then they are normalised and added in batches (:data:`BATCH_VECTORS` at a time);
+:class:`VectorFile` streams a dataset's vectors to disk first, where the build reads them back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import re
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +37,8 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 _TUNE_K = 10
 _TUNE_QUERIES = 256
+BATCH_VECTORS = 65_536  # vectors normalised and added to the index at a time (128 MB of float32 at 512-d)
+NPY_HEADER_BYTES = 128  # fixed, so VectorFile can write the header once the count is known
 
 
 def parse_memory(value: str | int | float) -> int:
@@ -150,28 +156,62 @@ class AnnIndex:
         return self.report.plan["kind"]
 
     @classmethod
-    def build(cls, vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> "AnnIndex":
-        """Normalise ``vectors`` (float, [n, d]), build the planned index and tune its search parameter."""
+    def build(cls, vectors: np.ndarray, config: IndexConfig = IndexConfig(), *,
+              batch_size: int = BATCH_VECTORS) -> "AnnIndex":
+        """Normalise ``vectors`` (float, [n, d], in memory), build the planned index and tune its search
+        parameter; the float16 copy kept for re-ranking is in memory too."""
+        return cls._build(_ArrayVectors(np.asarray(vectors)), config, batch_size)
+
+    @classmethod
+    def build_from_file(cls, path: str | os.PathLike, config: IndexConfig = IndexConfig(), *,
+                        batch_size: int = BATCH_VECTORS) -> "AnnIndex":
+        """The same index over the float16 vectors of the ``.npy`` file ``path`` (as :class:`VectorFile`
+        writes them), read ``batch_size`` at a time; the file is rewritten in place with the normalised
+        vectors and becomes the index's (memory-mapped) ``vectors.npy``."""
+        with _FileVectors(path) as source:
+            return cls._build(source, config, batch_size)
+
+    @classmethod
+    def _build(cls, source: "_ArrayVectors | _FileVectors", config: IndexConfig, batch_size: int) -> "AnnIndex":
         import faiss
 
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         started = time.perf_counter()
-        vectors = normalise(np.asarray(vectors, dtype=np.float32))
-        count, dim = vectors.shape
+        count, dim = source.count, source.dim
         plan = plan_index(count, dim, config)
         index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+        training = np.empty(0, np.int64)
         if plan.kind == IVF_PQ:
             rng = np.random.default_rng(config.seed)
-            sample = min(count, 64 * plan.nlist)
-            index.train(vectors[np.sort(rng.choice(count, sample, replace=False))])
-        index.add(vectors)
-        stored = vectors.astype(np.float16)
+            training = np.sort(rng.choice(count, min(count, 64 * plan.nlist), replace=False))
+        pairs = np.empty((0, 2), np.int64)
+        if plan.kind != FLAT:
+            # Tuning queries are midpoints of random pairs of indexed vectors: they fall between the
+            # data, as real queries do, instead of on a stored point that any index finds.
+            pairs = np.random.default_rng(config.seed + 1).choice(count, size=(min(_TUNE_QUERIES, count), 2))
+        endpoints, slots = np.unique(pairs, return_inverse=True)
+        sample, picked = _pick(source, [training, endpoints], batch_size)
+        if len(training):
+            index.train(sample)
+        del sample
+        picked = picked[slots.reshape(pairs.shape)]
+        queries = normalise(picked[:, 0] + picked[:, 1]) if len(pairs) else None
+        del picked
+        truth = _ExactTopK(queries, min(_TUNE_K, count)) if queries is not None else None
+        for start, block in source.blocks(batch_size):
+            unit = normalise(block)
+            index.add(unit)
+            source.store(start, unit.astype(np.float16))
+            if truth is not None:
+                truth.add(unit, start)
         report = BuildReport(
             plan=asdict(plan), search_params={}, tuned_recall=None, build_seconds=0.0,
             index_bytes=0, count=count, dim=dim, config=asdict(config),
         )
-        built = cls(index, stored, report)
-        if plan.kind != FLAT:
-            built._tune(vectors, config)
+        built = cls(index, source.stored(), report)
+        if truth is not None:
+            built._tune(queries, truth.ids, config)
         report.build_seconds = time.perf_counter() - started
         return built
 
@@ -203,7 +243,9 @@ class AnnIndex:
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.faiss_index, str(folder / INDEX_FILE))
         self.report.index_bytes = (folder / INDEX_FILE).stat().st_size
-        np.save(folder / VECTORS_FILE, self.vectors)
+        mapped = getattr(self.vectors, "filename", None)
+        if mapped is None or not (folder / VECTORS_FILE).exists() or not (folder / VECTORS_FILE).samefile(mapped):
+            np.save(folder / VECTORS_FILE, self.vectors)
         (folder / PLAN_FILE).write_text(json.dumps(asdict(self.report), indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -244,20 +286,9 @@ class AnnIndex:
             return faiss.SearchParametersHNSW(**values)
         return faiss.SearchParameters(**values)
 
-    def _tune(self, vectors: np.ndarray, config: IndexConfig) -> None:
-        """Smallest nprobe / efSearch whose recall@10 against exact search reaches the target.
-
-        Queries are midpoints of random pairs of indexed vectors: they fall between the data, as
-        real queries do, instead of on a stored point that any index finds.
-        """
-        import faiss
-
-        rng = np.random.default_rng(config.seed + 1)
-        count = len(vectors)
-        pairs = rng.choice(count, size=(min(_TUNE_QUERIES, count), 2))
-        queries = normalise(vectors[pairs[:, 0]] + vectors[pairs[:, 1]])
-        k = min(_TUNE_K, count)
-        _, truth = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    def _tune(self, queries: np.ndarray, truth: np.ndarray, config: IndexConfig) -> None:
+        """Smallest nprobe / efSearch whose recall@10 on ``queries`` against their exact top-k ids
+        (``truth``) reaches the target."""
         if self.kind == IVF_PQ:
             name, values = "nprobe", _powers_of_two(1, self.report.plan["nlist"])
             self.report.search_params["rerank_factor"] = config.rerank_factor
@@ -266,11 +297,140 @@ class AnnIndex:
         recall = 0.0
         for value in values:
             self.report.search_params[name] = value
-            _, found = self.search(queries, k)
+            _, found = self.search(queries, truth.shape[1])
             recall = recall_at_k(found, truth)
             if recall >= config.target_recall:
                 break
         self.report.tuned_recall = recall
+
+
+class _ArrayVectors:
+    """Vectors in memory as a build source; the normalised float16 copy is kept in memory."""
+
+    def __init__(self, vectors: np.ndarray):
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be a 2-d array [n, d], not of shape {vectors.shape}")
+        self.vectors = vectors
+        self.count, self.dim = vectors.shape
+        self.output = np.empty((self.count, self.dim), np.float16)
+
+    def blocks(self, size: int):
+        for start in range(0, self.count, size):
+            yield start, self.vectors[start : start + size]
+
+    def store(self, start: int, block: np.ndarray) -> None:
+        self.output[start : start + len(block)] = block
+
+    def stored(self) -> np.ndarray:
+        return self.output
+
+
+class _FileVectors:
+    """The float16 ``.npy`` file of :class:`VectorFile` as a build source: read a block at a time with
+    plain file reads (no memory map, whose pages would count as this process's memory), and rewritten
+    in place with the normalised vectors."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        header = np.load(self.path, mmap_mode="r")
+        if header.ndim != 2 or header.dtype != np.float16:
+            raise ValueError(f"{path} does not hold float16 vectors [n, d] (got {header.dtype} {header.shape})")
+        self.count, self.dim = header.shape
+        self.offset = header.offset
+        del header
+        self.handle = open(self.path, "r+b")
+
+    def __enter__(self) -> "_FileVectors":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.handle.close()
+
+    def blocks(self, size: int):
+        for start in range(0, self.count, size):
+            block = np.empty((min(size, self.count - start), self.dim), np.float16)
+            self.handle.seek(self.offset + start * self.dim * 2)
+            if self.handle.readinto(block) != block.nbytes:
+                raise ValueError(f"{self.path} is shorter than its header says: was it written completely?")
+            yield start, block
+
+    def store(self, start: int, block: np.ndarray) -> None:
+        self.handle.seek(self.offset + start * self.dim * 2)
+        self.handle.write(np.ascontiguousarray(block, dtype=np.float16).tobytes())
+
+    def stored(self) -> np.ndarray:
+        self.handle.flush()
+        return np.load(self.path, mmap_mode="r")
+
+
+def _pick(source: "_ArrayVectors | _FileVectors", id_lists: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """The normalised float32 rows of each sorted id list, in one pass over the source (none when all
+    lists are empty)."""
+    picked = [np.empty((len(ids), source.dim), np.float32) for ids in id_lists]
+    if not any(len(ids) for ids in id_lists):
+        return picked
+    for start, block in source.blocks(size):
+        for ids, rows in zip(id_lists, picked):
+            low, high = np.searchsorted(ids, [start, start + len(block)])
+            if high > low:
+                rows[low:high] = normalise(block[ids[low:high] - start])
+    return picked
+
+
+class _ExactTopK:
+    """The exact top-k ids of a few queries over vectors seen a block at a time."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = queries, k
+        self.similarities = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def add(self, block: np.ndarray, start: int) -> None:
+        import faiss
+
+        similarities, ids = faiss.knn(self.queries, block, min(self.k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        similarities = np.concatenate([self.similarities, similarities], axis=1)
+        ids = np.concatenate([self.ids, ids + start], axis=1)
+        best = np.argsort(-similarities, axis=1, kind="stable")[:, : self.k]
+        self.similarities = np.take_along_axis(similarities, best, axis=1)
+        self.ids = np.take_along_axis(ids, best, axis=1)
+
+
+class VectorFile:
+    """A float16 ``.npy`` file of [n, dim] vectors written a piece at a time; the header, which holds n,
+    is written when the file is closed (a fixed :data:`NPY_HEADER_BYTES` reserved for it)."""
+
+    def __init__(self, path: str | os.PathLike, dim: int):
+        self.path, self.dim, self.count = Path(path), int(dim), 0
+        self.handle = open(self.path, "wb")
+        self.handle.write(bytes(NPY_HEADER_BYTES))
+
+    def append(self, vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"{self.path}: vectors of shape {vectors.shape} where [n, {self.dim}] was expected")
+        self.handle.write(np.ascontiguousarray(vectors, dtype=np.float16).tobytes())
+        self.count += len(vectors)
+
+    def close(self) -> None:
+        if self.handle.closed:
+            return
+        self.handle.seek(0)
+        self.handle.write(_npy_header((self.count, self.dim)))
+        self.handle.close()
+
+    def __enter__(self) -> "VectorFile":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _npy_header(shape: tuple[int, int]) -> bytes:
+    """A version 1.0 ``.npy`` header for float16 C-order ``shape``, padded to :data:`NPY_HEADER_BYTES`."""
+    text = repr({"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": tuple(shape)})
+    length = NPY_HEADER_BYTES - 10  # magic (6), version (2), length (2)
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", length) + (text.ljust(length - 1) + "\n").encode("latin1")
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

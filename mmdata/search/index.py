@@ -16,11 +16,16 @@ local temporary folder and each file uploaded whole, and a search downloads a ve
 ``$MMDATA_CACHE/index/`` (default ``~/.cache/mmdata``), keyed by its URL and its files' sizes and ETags.
 
 Reading each shard's embeddings and metadata rows is one task on the executor (``execution``, or the
-flat ``executor``/``workers``/``ray_address``); the faiss build itself runs in this process.
+flat ``executor``/``workers``/``ray_address``), a few shards in flight at a time; the driver appends
+their rows to ``rows.parquet`` and their vectors to ``vectors.npy`` as they arrive, in shard order,
+then builds the faiss index in this process from that file, a batch at a time (``batch_size``). So
+neither the rows nor the vectors of the dataset are ever held in memory: only the index itself grows
+with the dataset (bounded by ``max_index_memory``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,24 +34,27 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmdata import layout
-from mmdata.atomic import write_json, write_parquet
+from mmdata.atomic import parquet_writer, write_json
 from mmdata.execution import Execution, StageProgress, sized, using
 from mmdata.options import stage_execution
 from mmdata.schemas import align_table
 from mmdata.schemas.index import ROWS_SCHEMA
-from mmdata.search.ann import AnnIndex, IndexConfig, parse_memory
-from mmdata.storage import Location, read_parquet, read_parquet_schema
+from mmdata.search.ann import BATCH_VECTORS, VECTORS_FILE, AnnIndex, IndexConfig, VectorFile, parse_memory
+from mmdata.storage import Location, location, read_parquet, read_parquet_schema
+from mmdata.storage.parquet import OpenParquet
 
 INDEX_DIR = "index"
 MARKER = "index.json"
 ROWS_FILE = "rows.parquet"
 KINDS = ("image", "text")
+ROUND_SHARDS = 16  # shards read per round of tasks, at most: only they are held at once
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ def build_index(
     max_index_memory: str | int | None = None,
     force: bool = False,
     config: IndexConfig | None = None,
+    batch_size: int = BATCH_VECTORS,
     execution: Execution = None,
     executor: str | None = None,
     workers: int | None = None,
@@ -100,12 +109,15 @@ def build_index(
     """Build (or keep, when current) the index of ``kind`` embeddings of ``model`` (default: the
     default scored model). ``max_index_memory`` ("2GB") bounds the index's RAM and so picks its kind;
     without it a rebuild keeps the committed index's settings. Changed settings also rebuild.
+    ``batch_size`` vectors are normalised and added to the index at a time (smaller: less memory).
     ``execution`` (or ``executor``/``workers``/``ray_address``) runs the per-shard reads; none is
     started when the committed index is current. ``root`` may be a URL (``storage_options`` for its
     filesystem)."""
     execution = stage_execution(execution, {"executor": executor, "workers": workers, "ray_address": ray_address})
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 vector, not {batch_size}")
     root = layout.dataset(root, storage_options)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
@@ -122,20 +134,20 @@ def build_index(
     if current is not None and not force and current.fingerprint == fingerprint and (same_settings or not asked):
         return current
 
-    rows, vectors = _gather_embeddings(root, model_id, kind, execution)
-    if not rows.num_rows:
-        raise ValueError(f"{root} has no {kind} embeddings of {model_id}: score it without --no-embeddings first")
-    ann = AnnIndex.build(vectors, config)
+    shards = _embedded_shards(root, model_id)
     version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    version_dir = folder / version
-    _save(ann, version_dir)
-    write_parquet(rows, version_dir / ROWS_FILE, ROWS_SCHEMA)
+    with _building(folder / version) as staging:
+        count = _stage_embeddings(root, model_id, kind, shards, staging, execution)
+        if not count:
+            raise ValueError(f"{root} has no {kind} embeddings of {model_id}: score it without --no-embeddings first")
+        ann = AnnIndex.build_from_file(staging / VECTORS_FILE, config, batch_size=batch_size)
+        ann.save(staging)
     provenance = layout.read_model_record(root, model_id) or {}
     marker = {
         "version": version,
         "model_id": model_id,
         "kind": kind,
-        "count": rows.num_rows,
+        "count": count,
         "fingerprint": fingerprint,
         "provenance": provenance,
         "report": asdict(ann.report),
@@ -148,13 +160,21 @@ def build_index(
     return _info(folder, marker, rebuilt=True)
 
 
-def _save(ann: AnnIndex, version_dir: Location) -> None:
-    """Write the faiss files into ``version_dir``: in place locally, else built locally and uploaded."""
+@contextlib.contextmanager
+def _building(version_dir: Location) -> Iterator[Path]:
+    """A local folder to build a version in: the version folder itself on a local disk (removed if the
+    build fails), else a temporary one whose files are uploaded whole when the build succeeds."""
     if version_dir.is_local:
-        ann.save(version_dir.local_path())
+        path = version_dir.local_path()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return
     with tempfile.TemporaryDirectory(prefix="mmdata-index-") as staging:
-        ann.save(staging)
+        yield Path(staging)
         for name in sorted(os.listdir(staging)):
             (version_dir / name).put_file(os.path.join(staging, name))
 
@@ -215,21 +235,39 @@ def read_shard_embeddings(root: Location, model_id: str, kind: str, shard: str) 
     return ShardEmbeddings(shard, rows, vectors)
 
 
-def _gather_embeddings(root: Location, model_id: str, kind: str, execution: Execution) -> tuple[pa.Table, np.ndarray]:
-    """Every complete shard's ``kind`` embeddings and index rows, in shard order."""
+def _embedded_shards(root: Location, model_id: str) -> list[str]:
+    """The complete shards that have a score table of ``model_id`` (which must have kept embeddings)."""
     record = layout.read_model_record(root, model_id) or {}
     if not record.get("keep_embeddings", True):
         raise ValueError(f"{model_id} was scored with --no-embeddings; "
                          "re-score into a copy without it to get embeddings")
-    shards = [shard for shard in layout.complete_shards(root) if layout.score_path(root, model_id, shard).is_file()]
+    present = set(layout.model_dir(root, model_id).names(".parquet"))
+    return [shard for shard in layout.complete_shards(root) if f"{shard}.parquet" in present]
+
+
+def _stage_embeddings(root: Location, model_id: str, kind: str, shards: list[str], staging: Path,
+                      execution: Execution) -> int:
+    """Every shard's ``kind`` embeddings into ``staging/vectors.npy`` and its index rows into
+    ``staging/rows.parquet``, in shard order (ids follow the shards, whichever task finished first);
+    returns the number of vectors. Shards are read as tasks a few at a time, so only those are held."""
     if not shards:
-        return ROWS_SCHEMA.empty_table(), np.zeros((0, int(record.get("embed_dim", 0))), np.float16)
+        return 0
+    column = read_parquet_schema(layout.score_path(root, model_id, shards[0])).field(f"{kind}_embedding")
     progress = StageProgress(f"index {kind}", tasks=len(shards), final_counts=_vector_counts)
-    with using(sized(execution, len(shards))) as executor, progress:
-        parts = executor.run_tasks(read_shard_embeddings, [(root, model_id, kind, shard) for shard in shards],
-                                   progress=progress)
-    parts.sort(key=lambda part: part.shard)  # tasks finish in any order; ids follow the shards
-    return pa.concat_tables([part.rows for part in parts]), np.concatenate([part.vectors for part in parts])
+    with (using(sized(execution, len(shards))) as executor, progress,
+          parquet_writer(location(staging / ROWS_FILE), ROWS_SCHEMA) as rows,
+          VectorFile(staging / VECTORS_FILE, column.type.list_size) as vectors):
+        step = min(ROUND_SHARDS, 2 * max(1, executor.concurrency))
+        for start in range(0, len(shards), step):
+            arguments = [(root, model_id, kind, shard) for shard in shards[start : start + step]]
+            parts = executor.run_tasks(read_shard_embeddings, arguments, progress=progress)
+            for part in sorted(parts, key=lambda part: part.shard):
+                if part.vectors.shape[1] != vectors.dim:
+                    raise ValueError(f"shard {part.shard}: {part.vectors.shape[1]}-d {kind} embeddings where "
+                                     f"shard {shards[0]} has {vectors.dim}-d: re-score the shard")
+                rows.write(part.rows)
+                vectors.append(part.vectors)
+        return vectors.count
 
 
 def _vector_counts(part: ShardEmbeddings) -> tuple[str, dict[str, int]]:
@@ -260,17 +298,65 @@ def _info(folder: Location, marker: dict, *, rebuilt: bool) -> IndexInfo:
     )
 
 
+class IndexRows:
+    """``rows.parquet`` of a loaded index, read a row group at a time: a search reads the groups its hits
+    and keys fall in (the footer's key ranges skip the others), never the whole table."""
+
+    def __init__(self, path: Location):
+        self.file = OpenParquet(path)
+        sizes = [self.file.file.metadata.row_group(group).num_rows for group in range(self.file.count)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.num_rows = int(self.starts[-1])
+        self.key_ranges = [self.file.value_range(group, "key") for group in range(self.file.count)]
+
+    def read(self) -> pa.Table:
+        """Every row (for indexes that fit in memory)."""
+        return self.file.read()
+
+    def take(self, ids: np.ndarray) -> pa.Table:
+        """The rows of index ids ``ids``, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        groups = np.searchsorted(self.starts, ids, side="right") - 1
+        pieces, order = [], []
+        for group in np.unique(groups):
+            chosen = np.flatnonzero(groups == group)
+            table = self.file.read_group(int(group), ROWS_SCHEMA.names)
+            pieces.append(table.take(pa.array(ids[chosen] - self.starts[group])))
+            order.append(chosen)
+        if not pieces:
+            return ROWS_SCHEMA.empty_table()
+        gathered = pa.concat_tables(pieces)
+        return gathered.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+    def ids_of(self, keys: list[str]) -> pa.Array:
+        """Index ids of ``keys`` (null where a key is not indexed); reads only the groups whose key range
+        can hold one of them."""
+        asked = pa.array(keys, pa.string())
+        found = np.full(len(asked), -1, dtype=np.int64)
+        bounds = pc.min_max(asked).as_py() if len(asked) else {"min": None}
+        for group, extent in enumerate(self.key_ranges):
+            if bounds["min"] is None:
+                break
+            if extent is not None and (extent[1] < bounds["min"] or extent[0] > bounds["max"]):
+                continue
+            group_keys = self.file.read_group(group, ["key"]).column("key").combine_chunks()
+            positions = pc.index_in(asked, value_set=group_keys).to_numpy(zero_copy_only=False)
+            hit = ~np.isnan(positions) & (found < 0)
+            found[hit] = positions[hit].astype(np.int64) + self.starts[group]
+        return pa.array(found, pa.int64(), mask=found < 0)
+
+
 @dataclass
 class LoadedIndex:
     """An index loaded for querying: the ANN index and the row table its ids point into."""
 
     info: IndexInfo
     ann: AnnIndex
-    rows: pa.Table
+    rows: IndexRows
 
     def ids_of(self, keys: list[str]) -> "pa.Array":
         """Index ids of ``keys`` (null where a key is not indexed)."""
-        return pc.index_in(pa.array(keys, pa.string()), value_set=self.rows.column("key").combine_chunks())
+        return self.rows.ids_of(keys)
 
 
 _LOADED: dict[Location, LoadedIndex] = {}
@@ -282,7 +368,7 @@ def load_index(info: IndexInfo) -> LoadedIndex:
     if cached is not None and cached.info.version == info.version:
         return cached
     folder = info.version_dir.local_path() if info.version_dir.is_local else local_copy(info.version_dir)
-    loaded = LoadedIndex(info, AnnIndex.load(folder), read_parquet(layout.dataset(folder / ROWS_FILE)))
+    loaded = LoadedIndex(info, AnnIndex.load(folder), IndexRows(location(folder / ROWS_FILE)))
     _LOADED[info.folder] = loaded
     return loaded
 

@@ -93,7 +93,7 @@ def search(
     similarities, ids = loaded.ann.search(query[None, :], k, allowed=allowed)
     found = ids[0] >= 0
     ids, similarities = ids[0][found], similarities[0][found]
-    rows = loaded.rows.take(ids).to_pylist()
+    rows = loaded.rows.take(ids).to_pylist()  # only the row groups the hits fall in
     return [Hit(similarity=float(similarity), **row) for similarity, row in zip(similarities, rows)]
 
 

@@ -100,7 +100,7 @@ def test_index_is_the_same_whichever_executor_reads_the_shards(shapes_dataset, t
         root = tmp_path / executor
         shutil.copytree(shapes_dataset.root, root, ignore=shutil.ignore_patterns("index"))
         loaded = load_index(build_index(root, executor=executor, workers=2))
-        built[executor] = loaded.rows, np.asarray(loaded.ann.vectors)
+        built[executor] = loaded.rows.read(), np.asarray(loaded.ann.vectors)
     (rows, vectors), (pool_rows, pool_vectors) = built["inline"], built["processes"]
     assert rows.equals(pool_rows) and np.array_equal(vectors, pool_vectors)
     keys = rows.column("key").to_pylist()
