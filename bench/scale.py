@@ -13,8 +13,10 @@ Targets: every stage at 100M rows under 4 GB peak RSS, with a time exponent <= 1
     python bench/scale.py --rows 1M --code /tmp/old # the same stages with another checkout's mmdata
                                                     # (git archive HEAD | tar -x -C /tmp/old) for a before/after
 
-A stage is a function of (dataset, scratch folder) in ``STAGES``; add one there (dedup, index, the loader's
-catalog) and it gets a row. A stage a checkout lacks (``--code`` older than it) is reported as missing.
+A stage is a function of (dataset, scratch folder) in ``STAGES``; add one there and it gets a row. What a
+stage needs beyond the metadata (hash caches, embeddings, a view) is a component, added to the cached
+dataset on first use, outside the clock. A stage a checkout lacks (``--code`` older than it) is reported
+as missing; a stage too slow here at some size (``largest``) is skipped there.
 Memory figures hold on a busy machine; times do not: each line records the load average.
 """
 
@@ -24,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,8 @@ class Stage:
     name: str
     run: Callable[[str, str], object]  # (dataset folder, scratch folder)
     what: str
+    needs: tuple[str, ...] = ()  # COMPONENTS added to the dataset (once, outside the clock) before it runs
+    largest: int | None = None  # rows beyond which it is not run here (and why, in the README's table)
 
 
 def _filter_rules(root: str, scratch: str) -> object:
@@ -129,15 +134,60 @@ def _loader_view(root: str, scratch: str) -> object:
     return _loader(root, scratch, view=LOADER_VIEW)
 
 
+def _dedup(root: str, scratch: str, near: bool = True) -> object:
+    """dedup over the hash caches of tests/hash_corpus.py; the corpus's own dedup.parquet (which
+    filter-all reads) is put back afterwards."""
+    from mmdata.curate.dedup import dedup
+
+    table = os.path.join(root, "annotations", "dedup.parquet")
+    aside = os.path.join(root, "annotations", ".dedup-bench-aside")
+    os.replace(table, aside)
+    try:
+        return dedup(root, exact=True, near=near, scratch_dir=scratch, executor="inline").counts
+    finally:
+        os.replace(aside, table)
+
+
+def _dedup_exact(root: str, scratch: str) -> object:
+    return _dedup(root, scratch, near=False)
+
+
+def _semantic(root: str, scratch: str) -> object:
+    """dedup's semantic tier alone over the bench-embed embeddings (512-d float16, 5 % planted copies)."""
+    from mmdata.curate.dedup import dedup
+
+    result = dedup(root, exact=False, semantic=True, model="bench-embed", scratch_dir=scratch, executor="inline")
+    return result.counts
+
+
+def _index(root: str, scratch: str) -> object:
+    from mmdata.search.index import build_index
+
+    info = build_index(root, model="bench-embed", force=True, executor="inline")
+    return {"count": info.count, "factory": info.report["plan"]["factory"], "tuned_recall": info.report["tuned_recall"]}
+
+
 STAGES = {stage.name: stage for stage in (
     Stage("filter", _filter_rules, "size and caption rules (the issue's measurement)"),
     Stage("filter-cli", _filter_command, "the same rules through `mmdata filter` (what the command holds)"),
     Stage("filter-all", _filter_all, "top_fraction 0.3, language, drop_duplicates, --where"),
     Stage("table", _table, "mmdata table: every column to one parquet"),
     Stage("reshard-plan", _reshard_plan, "reshard's plan: streamed keys digest, one task's row range"),
-    Stage("balance", _balance, "MetaCLIP balance, 2,550 entries, t=20000, view streamed from parts"),
+    # caption matching runs ~110 s per 1M rows on 2 cores: hours at 100M
+    Stage("balance", _balance, "MetaCLIP balance, 2,550 entries, t=20000, view streamed from parts",
+          largest=10_000_000),
+    # the hash corpus takes ~2 min per 1M rows to write; the near tier's exact search is quadratic
+    Stage("dedup-exact", _dedup_exact, "dedup, exact tier (sha256 and pixel hash partitions)", ("hashes",),
+          largest=10_000_000),
+    Stage("dedup", _dedup, "dedup, exact + near tiers (pHash, crops, mirrors; blocked band search)", ("hashes",),
+          largest=1_000_000),
+    # the embeddings take ~1 GB and ~6 min per 1M rows to write, in a dataset of their own (ROWS-embed)
+    Stage("semantic", _semantic, "dedup --semantic: SemDeDup over 512-d float16 embeddings", ("embeddings",),
+          largest=10_000_000),
+    Stage("index", _index, "mmdata index: IVF-PQ trained on a sample, vectors added in batches", ("embeddings",),
+          largest=10_000_000),
     Stage("loader", _loader, "one rank of 8: catalog and plan up to its first read (no tars: no decode)"),
-    Stage("loader-view", _loader_view, "the same on a 30 % view of the stored samples"),
+    Stage("loader-view", _loader_view, "the same on a 30 % view of the stored samples", ("loader-view",)),
     Stage("report", _report, "the HTML report (aggregates; thumbnails absent: no tars)"),
 )}
 
@@ -152,9 +202,7 @@ def dataset(rows: int) -> Path:
     marker = root / "bench-complete.json"
     wanted = {"version": DATA_VERSION, "spec": repr(spec)}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
-        return _with_views(root)
-    import shutil
-
+        return root
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
     print(f"building {rows:,} rows under {root} ...", file=sys.stderr, flush=True)
@@ -162,16 +210,53 @@ def dataset(rows: int) -> Path:
     seconds = time.perf_counter() - started
     marker.write_text(json.dumps(wanted))
     print(f"built {rows:,} rows in {seconds:.0f} s ({_size(root) / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
-    return _with_views(root)
+    return root
 
 
-def _with_views(root: Path) -> Path:
-    """The dataset with the loader's view (written outside the clock, once)."""
+def _add_loader_view(root: Path) -> object:
     sys.path.insert(0, str(REPO / "tests" / "stream"))
     from scale_view import add_view
 
-    add_view(root, LOADER_VIEW)
-    return root
+    return add_view(root, LOADER_VIEW)
+
+
+def _add_hashes(root: Path) -> object:
+    sys.path.insert(0, str(REPO / "tests"))
+    from hash_corpus import write_hash_corpus
+
+    return write_hash_corpus(root)
+
+
+def _embedded_dataset(root: Path) -> Path:
+    """A copy of the corpus's spec without annotations, with the bench-embed score run (512-d embeddings):
+    a dataset of its own, so the other stages' datasets keep their columns."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from embedding_corpus import add_embeddings
+    from metadata_corpus import CorpusSpec, write_corpus
+
+    embedded = root.parent / f"{root.name}-embed"
+    shutil.rmtree(embedded, ignore_errors=True)
+    write_corpus(embedded, CorpusSpec(rows=_rows(root), annotations=False))
+    return add_embeddings(embedded)
+
+
+# what some stages need beyond the metadata corpus, built on first use (marker: bench-<name>.json); the
+# embeddings are a dataset of their own, which the stages needing them run on
+COMPONENTS = {"loader-view": _add_loader_view, "hashes": _add_hashes, "embeddings": _embedded_dataset}
+
+
+def add_component(root: Path, name: str) -> Path:
+    """Add component ``name`` to ``root`` once; the dataset a stage needing it runs on."""
+    target = root.parent / f"{root.name}-embed" if name == "embeddings" else root
+    marker = target / f"bench-{name}.json"
+    if marker.exists():
+        return target
+    started = time.perf_counter()
+    print(f"adding {name} to {root} ...", file=sys.stderr, flush=True)
+    outcome = COMPONENTS[name](root)
+    marker.write_text(json.dumps({"outcome": str(outcome), "seconds": round(time.perf_counter() - started)}))
+    print(f"added {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return target
 
 
 def measure(stage: str, root: Path, code: Path | None) -> dict:
@@ -214,7 +299,7 @@ def _rss(process) -> int:
 
 
 def _rows(root: Path) -> int:
-    return int(root.name)
+    return int(root.name.split("-")[0])  # ROWS or ROWS-embed
 
 
 def _size(root: Path) -> int:
@@ -299,7 +384,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in names:
         root = dataset(SIZES[name])
         for stage in arguments.stages.split(","):
-            result = measure(stage, root, code)
+            if STAGES[stage].largest is not None and SIZES[name] > STAGES[stage].largest:
+                print(f"{stage}: not run at {name} (largest here: {_label(STAGES[stage].largest)})", file=sys.stderr)
+                continue
+            stage_root = root
+            for component in STAGES[stage].needs:
+                stage_root = add_component(root, component)
+            result = measure(stage, stage_root, code)
             results.append(result)
             with open(arguments.results, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
