@@ -107,7 +107,7 @@ def test_balance_and_semantic_check_sections_in_chromium(tmp_path):
     charts = [image for image in page["images"] if image["section"] == "balance"]
     assert [image["alt"] for image in charts] == ["entry counts before and after balancing"]
     assert charts[0]["width"] > 0
-    assert result.view.num_rows > 0
+    assert result.rows > 0
 
 
 def _section(text: str, key: str) -> str:
@@ -119,7 +119,7 @@ def test_balance_section_shows_the_numbers(tmp_path):
     result = _balanced_dataset(tmp_path / "data", tmp_path, semantic_check=SEMANTIC_CHECK)
     text = write_report(tmp_path / "data", tmp_path / "report.html").read_text()
     section = _section(text, "balance")
-    pool, kept = 38, result.view.num_rows
+    pool, kept = 38, result.rows
     assert f"Kept fraction: <b>{100 * kept / pool:.1f}%</b> of the pool" in section
     assert f"<td>kept</td><td>{kept:,}</td>" in section
     assert "<td>matched an entry</td><td>36</td>" in section
