@@ -18,6 +18,7 @@ from mmdata.stream.dataset import StreamingDataset
 from mmdata.stream.options import StreamOptions
 from mmdata.stream.resume import STATE_FORMAT
 from mmdata.stream.source import LocalSource
+from tests.stream.test_partition import step_by_step
 
 
 class LoggingSource(LocalSource):
@@ -67,17 +68,6 @@ def in_memory_order(root, *, view=None, world_size, rank, seed, epoch, buffer, d
     mine = sequence[positions]
     order = step_by_step(len(mine), buffer, np.random.default_rng([seed, epoch, 1, rank, 0]))
     return [keys[mine[p]] for p in order]
-
-
-def step_by_step(n, buffer_size, rng):
-    if n == 0 or buffer_size <= 1:
-        return list(range(n))
-    size = min(buffer_size, n)
-    buffer, out = list(range(size)), []
-    for incoming, slot in zip(range(size, n), rng.integers(0, size, n - size).tolist()):
-        out.append(buffer[slot])
-        buffer[slot] = incoming
-    return out + rng.permutation(np.asarray(buffer, dtype=np.int64)).tolist()
 
 
 @pytest.mark.parametrize("world_size, equalise", [(1, None), (3, None), (8, None), (3, "drop_last"), (8, "pad")])
