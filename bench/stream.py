@@ -9,7 +9,8 @@ index) and iterates it to the end. A second pass in the same process gives the w
 figure. Each round runs every cell once, the systems in a rotating order; the table gives medians
 over rounds, and the load average.
 
-systems   mmdata             mmdata.stream, Pillow decode (the default: today's pixels)
+systems   mmdata             mmdata.stream, Pillow decode (the default: today's pixels), its default decode
+                             threads (one per core up to 4 in one process: 2 here; 1 per DataLoader worker)
           mmdata+simplejpeg  mmdata.stream(jpeg_decoder="simplejpeg")
           webdataset         webdataset.WebDataset(...).decode("pil" | "torchrgb8")
           litdata            litdata.optimize -> litdata.StreamingDataset, raw JPEG bytes decoded in

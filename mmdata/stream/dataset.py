@@ -37,6 +37,7 @@ from mmdata.stream.rows import ShardRows
 from mmdata.stream.source import Source, open_source
 
 PREFETCH_RUNS = 2  # coalesced reads ready ahead of decoding, per worker (at least one per read thread)
+AUTO_DECODE_THREADS = 4  # most decode threads chosen for the main process (Pillow's decoder releases the GIL)
 
 
 @dataclass(frozen=True)
@@ -206,26 +207,29 @@ class StreamingDataset(IterableDataset):
         fetched = read_ahead(planned, lambda part: fetch_run(source, part.run),
                              depth=max(PREFETCH_RUNS, source.read_threads), threads=source.read_threads)
         held: dict[int, tuple] = {}  # read, not yet emitted: at most shuffle_buffer + one run
-        lost = 0
-        try:
+
+        def samples() -> Iterator[tuple[int, tuple]]:
             positions = itertools.chain.from_iterable(chunk.tolist() for chunk in emission)
             for done, position in enumerate(positions, start=skip + 1):
                 while position not in held:
                     held.update(_parsed(*next(fetched)))
-                shard, key, members, values = held.pop(position)
-                try:
-                    if isinstance(members, StreamError):
-                        raise members
-                    item = self._item(shard, key, members)
-                except StreamError as error:
+                yield done, held.pop(position)
+
+        threads = self._decode_threads(num_workers)
+        decoded = (read_ahead(samples(), self._outcome, depth=2 * threads, threads=threads) if threads > 1
+                   else ((sample, self._outcome(sample)) for sample in samples()))
+        lost = 0
+        try:
+            for (done, _), item in decoded:
+                if isinstance(item, StreamError):
                     if options.on_error == "raise":
-                        raise
+                        raise item
                     lost += 1
-                    self._record(error)
+                    self._record(item)
                     continue
-                item.update(values)
                 yield done, item
         finally:
+            decoded.close()
             fetched.close()
             if lost:
                 warnings.warn(
@@ -279,6 +283,29 @@ class StreamingDataset(IterableDataset):
                 sizes[picked].tolist(),
                 {name: [column[index] for index in picked] for name, column in values.items()},
             )
+
+    def _decode_threads(self, num_workers: int) -> int:
+        """Threads decoding ahead: the option, else one per core up to 4, but one in a DataLoader worker
+        (its siblings use the other cores) and one when nothing is decoded or transformed."""
+        options = self.options
+        if options.decode is None and options.image_transform is None:
+            return 1
+        if options.decode_threads is not None:
+            return options.decode_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return 1 if get_worker_info() is not None else min(AUTO_DECODE_THREADS, cores)
+
+    def _outcome(self, sample: tuple[int, tuple]) -> dict[str, Any] | StreamError:
+        """The item of a ``(done, (shard, key, members, values))`` sample, or the error that stops it."""
+        _, (shard, key, members, values) = sample
+        if isinstance(members, StreamError):
+            return members
+        try:
+            item = self._item(shard, key, members)
+        except StreamError as error:
+            return error
+        item.update(values)
+        return item
 
     def _item(self, shard: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
         image_bytes, caption_bytes = image_member(members), caption_member(members)

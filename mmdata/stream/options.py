@@ -26,7 +26,10 @@ class StreamOptions:
     keeps shard order without mixing. ``drop_last``/``pad`` give every rank the same count.
     ``on_error="skip"`` counts unreadable samples instead of raising. ``decode``: "pil" (an RGB
     image), "tensor" (uint8 ``[3, H, W]``) or ``None`` (the image's bytes); ``jpeg_decoder="simplejpeg"``
-    decodes JPEGs with simplejpeg rather than Pillow (faster; see :mod:`mmdata.stream.decode`)."""
+    decodes JPEGs with simplejpeg rather than Pillow (faster; see :mod:`mmdata.stream.decode`).
+    ``decode_threads``: threads decoding (and transforming) samples ahead of the consumer, in order;
+    ``None`` picks one per core up to 4 in the main process and 1 in each DataLoader worker (whose
+    processes already use the cores)."""
 
     shuffle: bool = True
     seed: int = 0
@@ -34,6 +37,7 @@ class StreamOptions:
     world_size: int | None = None
     decode: str | None = "pil"
     jpeg_decoder: str = "pillow"
+    decode_threads: int | None = None
     image_transform: Callable | None = None
     text_transform: Callable | None = None
     columns: tuple[str, ...] = ()
@@ -51,6 +55,8 @@ class StreamOptions:
         check_jpeg_decoder(self.jpeg_decoder)
         if self.jpeg_decoder != "pillow" and self.decode is None:
             raise ValueError(f"jpeg_decoder={self.jpeg_decoder!r} has nothing to decode with decode=None")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1 (or None: automatic), not {self.decode_threads}")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, not {self.on_error!r}")
         if self.image_transform is not None and self.decode is None:

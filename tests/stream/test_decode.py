@@ -1,6 +1,7 @@
 """Decoding: the default gives exactly the pixels mmdata.stream always gave (Pillow, converted to RGB),
-``decode="tensor"`` the same pixels as a uint8 [3, H, W] tensor, and ``jpeg_decoder="simplejpeg"``
-Pillow's pixels within SIMPLEJPEG_TOLERANCE, decoding or failing on the same samples."""
+plain JPEGs through Pillow's decoder without ``Image.open`` and the rest through it; ``decode="tensor"``
+the same pixels as a uint8 [3, H, W] tensor; ``jpeg_decoder="simplejpeg"`` Pillow's pixels within
+SIMPLEJPEG_TOLERANCE, decoding or failing on the same samples; decode threads change nothing but speed."""
 
 import io
 import sys
@@ -13,7 +14,7 @@ from PIL import Image
 
 import mmdata
 from mmdata.stream import StreamOptions
-from mmdata.stream.decode import simplejpeg_rgb
+from mmdata.stream.decode import plain_jpeg_frame, simplejpeg_rgb
 
 SIMPLEJPEG_TOLERANCE = 1  # per channel: simplejpeg bundles its own libjpeg-turbo build, not Pillow's
 
@@ -43,6 +44,13 @@ IMAGES = [
     ("png", encoded(photo(seed=7).convert("P"), "PNG"), False),
     ("webp", encoded(photo(seed=8), "WEBP", quality=80), False),
 ]
+
+
+def rotated_exif() -> Image.Exif:
+    """EXIF saying "rotate 90° to show": what a transform's ``ImageOps.exif_transpose`` reads from ``info``."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif
 
 
 def todays_pixels(data: bytes) -> np.ndarray:
@@ -76,6 +84,52 @@ def test_default_decode_gives_todays_pixels_and_tensor_the_same(mixed_images):
         expected = todays_pixels(data)
         assert np.array_equal(pixels(pil_item), expected), extension
         assert np.array_equal(pixels(tensor_item), expected), extension
+
+
+def test_plain_jpegs_skip_image_open_and_the_rest_keep_it(mixed_images):
+    root, _ = mixed_images
+    items = list(mmdata.stream(root, shuffle=False))
+    for (extension, data, by_simplejpeg), item in zip(IMAGES, items):
+        plain = plain_jpeg_frame(data) is not None
+        assert plain == by_simplejpeg, extension  # every YCbCr or grey JPEG here; not CMYK, PNG, WebP
+        if plain:
+            assert item["image"].format is None and not item["image"].info, extension
+    with_exif = encoded(photo(), "JPEG", quality=90, exif=rotated_exif())
+    assert plain_jpeg_frame(encoded(photo(), "JPEG", quality=90)) == (40, 24, 3)
+    assert plain_jpeg_frame(with_exif) is None  # Image.open keeps its EXIF (orientation) in info
+
+
+def test_jpegs_keep_their_metadata_and_pillows_pixel_limit(dataset_factory, monkeypatch):
+    with_exif = encoded(photo(), "JPEG", quality=90, exif=rotated_exif())
+    root, keys = dataset_factory([2], image=lambda row: {"jpg": [with_exif, encoded(photo(), "JPEG")][row]})
+    first = next(iter(mmdata.stream(root, shuffle=False)))
+    assert first["image"].getexif()[0x0112] == 6
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40 x 24 is over twice the limit: Pillow refuses
+    dataset = mmdata.stream(root, shuffle=False, on_error="skip", decode_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert list(dataset) == []
+    assert all("decompression bomb" in str(error) for error in dataset.errors) and len(dataset.errors) == 2
+
+
+def test_decode_threads_change_nothing_but_speed(dataset_factory):
+    good = [encoded(photo(seed=seed), "JPEG", quality=90) for seed in range(3)]
+    broken = good[0][: len(good[0]) // 2]
+    root, keys = dataset_factory([7, 9, 5], image=lambda row: {"jpg": broken if row % 6 == 4 else good[row % 3]})
+    runs = {}
+    for threads in (1, 3):
+        dataset = mmdata.stream(root, seed=5, on_error="skip", decode_threads=threads, decode="tensor",
+                                image_transform=lambda image: image.flip(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            items = list(dataset)
+        runs[threads] = ([item["key"] for item in items], [item["image"] for item in items],
+                         [error.key for error in dataset.errors])
+    assert runs[1][0] == runs[3][0] and len(runs[1][0]) == len(keys) - 3
+    assert all(torch.equal(left, right) for left, right in zip(runs[1][1], runs[3][1]))
+    assert runs[1][2] == runs[3][2] and len(runs[1][2]) == 3
+    with pytest.raises(mmdata.stream.reader.StreamError):
+        list(mmdata.stream(root, shuffle=False, decode_threads=3))
 
 
 def test_simplejpeg_gives_pillows_pixels_within_the_tolerance(mixed_images):
@@ -130,6 +184,7 @@ def test_tensors_travel_through_dataloader_workers(dataset_factory):
         ({"jpeg_decoder": "turbo"}, "jpeg_decoder must be one of"),
         ({"jpeg_decoder": "simplejpeg", "decode": None}, "has nothing to decode with decode=None"),
         ({"decode": "numpy"}, "decode must be one of"),
+        ({"decode_threads": 0}, "decode_threads must be at least 1"),
     ],
 )
 def test_bad_decode_options_are_refused(values, message):
