@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "scale"
 SIZES = {"1M": 1_000_000, "10M": 10_000_000, "100M": 100_000_000}
@@ -50,6 +52,8 @@ class Stage:
     what: str
     needs: tuple[str, ...] = ()  # COMPONENTS added to the dataset (once, outside the clock) before it runs
     largest: int | None = None  # rows beyond which it is not run here (and why, in the README's table)
+    synthetic: bool = False  # makes its own input from the row count: no dataset is built for it
+    figures: bool = False  # its result (figures beyond time and memory) is printed under the table
 
 
 def _filter_rules(root: str, scratch: str) -> object:
@@ -167,6 +171,92 @@ def _index(root: str, scratch: str) -> object:
     return {"count": info.count, "factory": info.report["plan"]["factory"], "tuned_recall": info.report["tuned_recall"]}
 
 
+NEAR_RADIUS, NEAR_PLANTED, NEAR_CHECKED = 8, 0.02, 20_000  # near-search: radius, planted copies, brute-forced rows
+
+
+def _near_codes(rows: int, folder: str) -> tuple[object, np.ndarray]:
+    """A NearSearch spill of ``rows`` synthetic rows, written 250,000 rows at a time: random pHash and mirror,
+    crops = the pHash with 2-6 random bits flipped; ~2 % of rows are copies of a row up to 5,000 rows before
+    with 0-8 bits flipped (crops included). Returns it and the planted pairs (source, copy, distance)."""
+    from mmdata.curate.dedup_near import NearSearch
+    from mmdata.curate.hashes import NearHashes
+    from mmdata.schemas.hashes import CROP_COUNT
+
+    search, planted, chunk = NearSearch(folder), [], 250_000
+    for start in range(0, rows, chunk):
+        size = min(chunk, rows - start)
+        rng = np.random.default_rng([17, start // chunk])
+        phash = rng.integers(0, 2**64, size, dtype=np.uint64)
+        copies = np.flatnonzero(rng.random(size) < NEAR_PLANTED)
+        copies = copies[copies > 0]
+        sources = np.maximum(0, copies - rng.integers(1, 5_001, len(copies)))
+        distance = rng.integers(0, NEAR_RADIUS + 1, len(copies))
+        for copy, source, flips in zip(copies, sources, _exact_flips(rng, distance)):  # in row order: chains too
+            phash[copy] = phash[source] ^ flips
+        spots = rng.integers(0, 64, (size * CROP_COUNT, 6)).astype(np.uint64)
+        spots = np.where(np.arange(6) < rng.integers(2, 7, (size * CROP_COUNT, 1)), np.uint64(1) << spots, 0)
+        crops = phash[:, None] ^ np.bitwise_or.reduce(spots, axis=1).reshape(size, CROP_COUNT)
+        mirror = rng.integers(0, 2**64, size, dtype=np.uint64)
+        search.add(size, np.arange(size), NearHashes(phash, crops, np.zeros((size, 6), np.float32), mirror=mirror))
+        planted.append(np.stack([sources + start, copies + start, distance], axis=1))
+    search.close()
+    return search, np.concatenate(planted)
+
+
+def _exact_flips(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+    """uint64 masks with ``counts`` distinct random bits set."""
+    chosen = np.argsort(rng.random((len(counts), 64)), axis=1) < counts[:, None]
+    return np.bitwise_or.reduce(np.where(chosen, np.uint64(1) << np.arange(64, dtype=np.uint64), np.uint64(0)), axis=1)
+
+
+def _brute_pairs(search, start: int, stop: int) -> np.ndarray:
+    """The pairs (a < b, as a * 2**32 + b) among rows ``start:stop`` within the radius, by a full scan."""
+    rows = np.arange(start, stop)
+    phash = search.spill.take("phash", rows)
+    mirror = search.spill.take("mirror", rows)
+    every = np.concatenate([phash[:, None], search.spill.take("crops", rows), mirror[:, None]], axis=1)
+    pairs = []
+    for first in range(0, len(rows), 100):
+        distance = np.bitwise_count(phash[first:first + 100, None, None] ^ every[None])
+        query, indexed = np.nonzero((distance <= NEAR_RADIUS).any(axis=2))
+        query += first
+        pairs.append(np.minimum(query, indexed) * 2**32 + np.maximum(query, indexed))
+    pairs = np.unique(np.concatenate(pairs))
+    low, high = pairs // 2**32, pairs % 2**32
+    return (low[low != high] + start) * 2**32 + high[low != high] + start
+
+
+def _near_search(root: str, scratch: str, near_recall: float = 0.95) -> object:
+    """The near tier's search (radius 8, mirrors, default block_rows) on synthetic 64-bit hashes; figures: the
+    share of the planted pairs found (all, and those at distance 8), and of the pairs a brute-force scan
+    finds among 20,000 consecutive rows."""
+    from mmdata.curate.dedup import DedupConfig
+    from mmdata.curate.dedup_near import sampled_plan
+
+    rows, block_rows = _rows(Path(root)), DedupConfig().block_rows
+    folder = os.path.join(scratch, "near")
+    search, planted = _near_codes(rows, folder)
+    started = time.perf_counter()
+    left, right = search.candidates(NEAR_RADIUS, mirrors=True, block_rows=block_rows, near_recall=near_recall)
+    seconds = time.perf_counter() - started
+    found = left * 2**32 + right
+    hit = np.isin(np.minimum(planted[:, 0], planted[:, 1]) * 2**32 + np.maximum(planted[:, 0], planted[:, 1]), found)
+    window = int(np.random.default_rng(3).integers(0, max(1, rows - NEAR_CHECKED)))
+    brute = _brute_pairs(search, window, min(rows, window + NEAR_CHECKED))
+    inside = found[(left >= window) & (right < window + NEAR_CHECKED)]
+    shutil.rmtree(folder)
+    plan = sampled_plan(NEAR_RADIUS, near_recall, rows, min(rows, block_rows) * 11) if near_recall < 1 else "exact"
+    return {"search_s": round(seconds, 1), "plan": str(plan), "pairs": len(found), "planted": len(planted),
+            "planted_recall": round(float(hit.mean()), 4),
+            "recall_at_8": round(float(hit[planted[:, 2] == NEAR_RADIUS].mean()), 4),
+            "brute_pairs": len(brute), "brute_recall": round(float(np.isin(brute, found).mean()), 4),
+            "subset_of_brute": bool(np.isin(inside, brute).all())}
+
+
+def _near_search_exact(root: str, scratch: str) -> object:
+    return _near_search(root, scratch, near_recall=1.0)
+
+
 STAGES = {stage.name: stage for stage in (
     Stage("filter", _filter_rules, "size and caption rules (the issue's measurement)"),
     Stage("filter-cli", _filter_command, "the same rules through `mmdata filter` (what the command holds)"),
@@ -186,6 +276,12 @@ STAGES = {stage.name: stage for stage in (
           largest=10_000_000),
     Stage("index", _index, "mmdata index: IVF-PQ trained on a sample, vectors added in batches", ("embeddings",),
           largest=10_000_000),
+    # generation included (~30 s per 10M rows); 100M rows spill 8.8 GB to the scratch folder
+    Stage("near-search", _near_search, "near dedup's search, near_recall 0.95, synthetic 64-bit hashes",
+          synthetic=True, figures=True),
+    # quadratic: ~4 min per (1M rows)^2 on one core
+    Stage("near-search-exact", _near_search_exact, "the same, exact (near_recall 1.0)", synthetic=True,
+          figures=True, largest=1_000_000),
     Stage("loader", _loader, "one rank of 8: catalog and plan up to its first read (no tars: no decode)"),
     Stage("loader-view", _loader_view, "the same on a 30 % view of the stored samples", ("loader-view",)),
     Stage("report", _report, "the HTML report (aggregates; thumbnails absent: no tars)"),
@@ -345,6 +441,8 @@ def print_table(results: list[dict]) -> None:
     for result in results:
         if "error" in result:
             print(f"{result['stage']} at {_label(result['rows'])} failed: {result['error']}")
+        elif STAGES[result["stage"]].figures:
+            print(f"{result['stage']} at {_label(result['rows'])}: {result['result']}")
 
 
 def _label(rows: int) -> str:
@@ -382,12 +480,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     arguments.results.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
-        root = dataset(SIZES[name])
+        root = None
         for stage in arguments.stages.split(","):
             if STAGES[stage].largest is not None and SIZES[name] > STAGES[stage].largest:
                 print(f"{stage}: not run at {name} (largest here: {_label(STAGES[stage].largest)})", file=sys.stderr)
                 continue
-            stage_root = root
+            if STAGES[stage].synthetic:
+                stage_root = CACHE / f"{SIZES[name]}"  # names the size only: not built
+            else:
+                root = root or dataset(SIZES[name])
+                stage_root = root
             for component in STAGES[stage].needs:
                 stage_root = add_component(root, component)
             result = measure(stage, stage_root, code)

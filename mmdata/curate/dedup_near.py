@@ -13,6 +13,14 @@ comparisons, quadratic in the rows with a small constant (2**21 for the default 
 search within 8 of 64 bits has no sub-quadratic index over evenly spread codes. The candidate pairs are
 then verified (colour moments, content thumbnails) in chunks, reading the hashes of only the rows that
 take part.
+
+With ``near_recall`` below 1 the search is approximate instead (:func:`sampled_plan`): bit-sampling LSH, each
+of ``tables`` keys made of ``bits`` bit positions drawn at random (a fixed seed: every run draws the same), a
+query looked up with up to ``flips`` key bits flipped. The guarantee is per pair of a query pHash and an
+indexed hash within ``radius`` bits, over the random draws: it is found with probability at least
+``near_recall`` (closer pairs more often); every candidate is still checked with the exact distance, so the
+search only ever misses pairs, never adds one. It is still blocked (quadratic in the rows), with a
+constant ~10-20 times smaller.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -32,6 +41,13 @@ from mmdata.schemas.hashes import CROP_COUNT
 VERIFY_PAIRS = 65_536  # candidate pairs verified at once
 DENSE_BITS = 22  # bands up to this wide are looked up in a table over every value (64 MB at most)
 CANDIDATE_COST = 4  # a candidate pair costs about this many binary-search steps (gathers, popcount)
+SAMPLING_SEED = 1_729  # the approximate search's bit draws: fixed, so runs are deterministic
+MAX_SAMPLED_BITS = 32  # sampled keys are uint32
+# the approximate search's cost model, in nanoseconds measured on one core (bench/scale.py near-search):
+# per indexed code and table (its key, the sort), per dense bucket, per query key, per lookup of a probe
+# (dense table, or binary search of the sorted probes), per candidate pair (gathers, popcount)
+SAMPLED_BUILD_NS, SAMPLED_BUCKET_NS, SAMPLED_KEY_NS = 90.0, 30.0, 40.0
+SAMPLED_DENSE_NS, SAMPLED_SPARSE_NS, SAMPLED_CANDIDATE_NS = 15.0, 150.0, 40.0
 
 
 class NearSearch:
@@ -54,17 +70,24 @@ class NearSearch:
     def close(self) -> None:
         self.spill.close()
 
-    def candidates(self, radius: int, *, mirrors: bool, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, radius: int, *, mirrors: bool, block_rows: int,
+                   near_recall: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Every pair of rows (a < b) whose :func:`~mmdata.curate.hashes.near_distance` is within ``radius``:
-        the full hash of one within ``radius`` of a full, crop (or, with ``mirrors``, mirrored) hash of the other."""
+        the full hash of one within ``radius`` of a full, crop (or, with ``mirrors``, mirrored) hash of the other.
+        Below 1, ``near_recall`` is the least probability with which each such pair of hashes is found
+        (:func:`sampled_plan`); what is returned is then a subset of the exact answer."""
         rows, found = self.spill.rows, [np.empty((0, 2), np.int64)]
+        sampled = None
+        if near_recall < 1:
+            width = CROP_COUNT + (2 if mirrors else 1)
+            plan = sampled_plan(radius, near_recall, rows, min(rows, block_rows) * width)
+            sampled = [(_SampledBits(positions), plan.flips) for positions in plan.draw()]
         for index_start in range(0, rows, block_rows):
             owners, codes = self._index_codes(index_start, min(rows, index_start + block_rows), mirrors)
             if not len(owners):
                 continue
-            bands, flips = band_plan(radius, min(rows, block_rows), len(codes))
-            for low, width in bands:
-                index = _BandIndex(owners, codes, low, width)
+            for keys, flips in sampled or _band_keys(radius, min(rows, block_rows), len(codes)):
+                index = _KeyIndex(owners, codes, keys)
                 for query_start in range(0, rows, block_rows):
                     query_stop = min(rows, query_start + block_rows)
                     valid = np.flatnonzero(self.spill.read("valid", query_start, query_stop))
@@ -120,52 +143,157 @@ def band_plan(radius: int, queries: int, codes: int) -> tuple[list[tuple[int, in
     return bands, flips
 
 
-class _BandIndex:
-    """One band of a block's codes, sorted, looked up by queries' band values with bits flipped."""
+def _band_keys(radius: int, queries: int, codes: int) -> list[tuple[_Band, int]]:
+    """The exact search's keys (:func:`band_plan`), each with the bits flipped per lookup."""
+    bands, flips = band_plan(radius, queries, codes)
+    return [(_Band(low, width), flips) for low, width in bands]
 
-    def __init__(self, owners: np.ndarray, codes: np.ndarray, low: int, width: int):
-        self.low, self.mask = np.uint64(low), np.uint64((1 << width) - 1)
-        keys = (codes >> self.low) & self.mask
-        order = np.argsort(keys)
-        keys, self.codes, self.owners = keys[order], codes[order], owners[order]
-        self.width = width
-        if width <= DENSE_BITS:  # a table over every band value: one lookup instead of a binary search
-            self.counts = np.bincount(keys.astype(np.int64), minlength=1 << width)
-            self.starts = np.cumsum(self.counts) - self.counts
+
+class _Band:
+    """A key made of the code's bits ``low`` to ``low + width``."""
+
+    def __init__(self, low: int, width: int):
+        self.low, self.mask, self.width = np.uint64(low), np.uint64((1 << width) - 1), width
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        return (codes >> self.low) & self.mask
+
+
+@dataclass(frozen=True)
+class SampledPlan:
+    """The approximate search: ``tables`` keys of ``bits`` bit positions, each looked up with up to ``flips``
+    key bits flipped."""
+
+    bits: int
+    tables: int
+    flips: int
+
+    def found(self, distance: int) -> float:
+        """The probability that a query code and an indexed code ``distance`` bits apart meet in some table."""
+        return 1.0 - (1.0 - _collision(distance, self.bits, self.flips)) ** self.tables
+
+    def draw(self) -> list[np.ndarray]:
+        """Each table's bit positions (``bits`` of the 64, without replacement), the same on every run."""
+        rng = np.random.default_rng(SAMPLING_SEED)
+        return [np.sort(rng.choice(HASH_BITS, self.bits, replace=False)) for _ in range(self.tables)]
+
+
+def _collision(distance: int, bits: int, flips: int) -> float:
+    """The probability that ``bits`` positions drawn from the 64 hold at most ``flips`` of the ``distance``
+    positions where two codes differ (hypergeometric)."""
+    together = sum(math.comb(distance, flipped) * math.comb(HASH_BITS - distance, bits - flipped)
+                   for flipped in range(min(flips, distance) + 1))
+    return together / math.comb(HASH_BITS, bits)
+
+
+def sampled_plan(radius: int, recall: float, queries: int, codes: int) -> SampledPlan:
+    """The cheapest approximate plan for ``queries`` looked up in blocks of ``codes`` indexed codes that finds
+    every pair within ``radius`` bits with probability >= ``recall`` (the bound is tightest at ``radius``:
+    closer pairs collide more often). Per block and table it weighs building the index (keys, sort, dense
+    buckets) against the lookups and the candidate pairs they yield (evenly spread codes: ``codes / 2**bits``
+    per probe)."""
+    if not 0 < recall < 1:
+        raise ValueError(f"an approximate plan needs 0 < recall < 1, got {recall}")
+    plans = []
+    for bits in range(1, MAX_SAMPLED_BITS + 1):
+        for flips in range(min(bits, 3)):
+            once = _collision(radius, bits, flips)
+            if once <= 0:
+                continue
+            tables = 1 if once >= 1 else max(1, math.ceil(math.log1p(-recall) / math.log1p(-once)))
+            plan = SampledPlan(bits, tables, flips)
+            while plan.found(radius) < recall:  # rounding
+                plan = SampledPlan(bits, plan.tables + 1, flips)
+            dense = bits <= DENSE_BITS
+            build = codes * SAMPLED_BUILD_NS + (SAMPLED_BUCKET_NS * 2**bits if dense else 0)
+            probes = sum(math.comb(bits, flipped) for flipped in range(flips + 1))
+            lookup = SAMPLED_DENSE_NS if dense else SAMPLED_SPARSE_NS
+            probe = lookup + SAMPLED_CANDIDATE_NS * codes / 2.0**bits
+            plans.append((plan.tables * (build + queries * (SAMPLED_KEY_NS + probes * probe)), bits, plan))
+    return min(plans, key=lambda cost_plan: cost_plan[:2])[2]
+
+
+class _SampledBits:
+    """A key made of the code's bits at ``positions`` (key bit j: code bit ``positions[j]``), computed with one
+    lookup table per 16-bit quarter of the code (each entry: that quarter's sampled bits moved to their key
+    positions), 4 gathers whatever the number of bits (measured faster than 8 byte tables)."""
+
+    def __init__(self, positions: np.ndarray):
+        self.width = len(positions)
+        values = np.arange(1 << 16, dtype=np.uint32)
+        self.tables = np.zeros((4, 1 << 16), dtype=np.uint32)
+        for key_bit, position in enumerate(int(position) for position in positions):
+            quarter, bit = divmod(position, 16)
+            self.tables[quarter] |= ((values >> bit) & 1) << np.uint32(key_bit)
+        self.quarters = [quarter for quarter in range(4) if self.tables[quarter].any()]
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        quarters = np.ascontiguousarray(codes, dtype=np.uint64).view(np.uint16).reshape(-1, 4)
+        if not self.quarters:
+            return np.zeros(len(codes), dtype=np.uint32)
+        key = np.take(self.tables[self.quarters[0]], quarters[:, _LITTLE[self.quarters[0]]])
+        for quarter in self.quarters[1:]:
+            key |= np.take(self.tables[quarter], quarters[:, _LITTLE[quarter]])
+        return key
+
+
+_LITTLE = [0, 1, 2, 3] if np.little_endian else [3, 2, 1, 0]  # the uint16 column holding each quarter
+
+
+class _KeyIndex:
+    """A block's codes ordered by a key, looked up by queries' keys with bits flipped."""
+
+    def __init__(self, owners: np.ndarray, codes: np.ndarray, key: _Band | _SampledBits):
+        self.key, self.width, self.owners, self.codes = key, key.width, owners, codes
+        keys = key(codes)
+        if self.width <= 32 and len(keys) < 2**32:  # sort key and position packed: much faster than argsort
+            packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | np.arange(len(keys), dtype=np.uint64))
+            self.order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            keys = packed >> np.uint64(32)
+            del packed
+        else:
+            self.order = np.argsort(keys)
+            keys = keys[self.order]
+        if self.width <= DENSE_BITS:  # a table over every key value: one lookup instead of a binary search
+            counts = np.bincount(keys.astype(np.int64), minlength=1 << self.width)
+            self.starts = np.concatenate([[0], np.cumsum(counts)])
         else:
             first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-            self.keys, self.starts = keys[first], first
+            self.keys, self.first = keys[first], first
             self.counts = np.diff(np.append(first, len(keys)))
 
     def within(self, query: np.ndarray, query_rows: np.ndarray, radius: int,
                flips: int) -> tuple[np.ndarray, np.ndarray]:
-        """(query row, owner row) of every query code and indexed code within ``radius`` bits whose band
-        values differ in at most ``flips`` bits."""
-        keys = (query >> self.low) & self.mask
+        """(query row, owner row) of every query code and indexed code within ``radius`` bits whose keys
+        differ in at most ``flips`` bits."""
+        keys = self.key(query)
         lefts, rights = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
         for pattern in _patterns(self.width, flips):
-            starts, counts = self._lookup(keys ^ pattern)
+            starts, counts = self._lookup(keys ^ pattern.astype(keys.dtype))
             hit = np.flatnonzero(counts)
             if not len(hit):
                 continue
             repeats = counts[hit]
             queried = np.repeat(hit, repeats)
             offsets = np.arange(len(queried)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-            position = starts[queried] + offsets
+            position = self.order[starts[queried] + offsets]
             close = np.bitwise_count(query[queried] ^ self.codes[position]) <= radius
             lefts.append(query_rows[queried[close]])
             rights.append(self.owners[position[close]])
         return np.concatenate(lefts), np.concatenate(rights)
 
-
     def _lookup(self, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(first position, count) of each probed band value among the sorted codes (count 0: none)."""
+        """(first position, count) of each probed key among the sorted codes (count 0: none)."""
         if self.width <= DENSE_BITS:
             index = probe.astype(np.int64)
-            return self.starts[index], self.counts[index]
-        found = np.minimum(np.searchsorted(self.keys, probe), len(self.keys) - 1)
+            starts = self.starts[index]
+            return starts, self.starts[index + 1] - starts
+        order = np.argsort(probe)  # sorted probes: the binary searches walk the keys in order (~10x faster)
+        found = np.empty(len(probe), dtype=np.int64)
+        found[order] = np.searchsorted(self.keys, probe[order])
+        found = np.minimum(found, len(self.keys) - 1)
         present = self.keys[found] == probe
-        return self.starts[found], np.where(present, self.counts[found], 0)
+        return self.first[found], np.where(present, self.counts[found], 0)
 
 
 def _patterns(width: int, flips: int) -> list[np.uint64]:

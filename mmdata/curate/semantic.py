@@ -50,10 +50,12 @@ class SemanticConfig:
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:
-    """float32 unit rows (a copy); zero rows stay zero."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    """float32 unit rows (a copy); zero rows stay zero. The arithmetic of ``np.linalg.norm`` (the sum of
+    squares along each row, its square root), without its extra copies."""
+    vectors = np.array(vectors, dtype=np.float32)
+    norms = np.sqrt(np.add.reduce(vectors * vectors, axis=1, keepdims=True))
+    vectors /= np.maximum(norms, 1e-12)
+    return vectors
 
 
 def assign_clusters(
@@ -93,17 +95,51 @@ def assign_clusters(
     return member_rows, member_clusters
 
 
+class Clusters:
+    """The groups the tier compares within: how many, each one's row ids, and their vectors read as one
+    block. :class:`MatrixClusters` reads them from a matrix; a file of clusters in their order
+    (:class:`mmdata.curate.semantic_partition.ClusterFile`) reads each with one contiguous read."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def members(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def vectors(self, index: int) -> np.ndarray:
+        """The vectors of ``members(index)``, in that order (any float dtype)."""
+        raise NotImplementedError
+
+
+class MatrixClusters(Clusters):
+    """Groups of rows of an embedding matrix (anything indexed by an array of row ids)."""
+
+    def __init__(self, embeddings: np.ndarray, groups: list[np.ndarray]):
+        self.embeddings, self.groups = embeddings, groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def members(self, index: int) -> np.ndarray:
+        return self.groups[index]
+
+    def vectors(self, index: int) -> np.ndarray:
+        return self.embeddings[self.groups[index]]
+
+
 def cluster_duplicate_edges(
-    embeddings: np.ndarray, members: np.ndarray, threshold: float, block_rows: int
+    vectors: np.ndarray, members: np.ndarray, threshold: float, block_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Spanning-forest edges (global row ids) among ``members`` whose cosine exceeds ``threshold``."""
+    """Spanning-forest edges (global row ids) among ``members`` (``vectors``: theirs, in that order) whose
+    cosine exceeds ``threshold``."""
     if len(members) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    vectors = normalised(embeddings[members])
+    vectors = normalised(vectors)
     lefts, rights = [], []
     for start in range(0, len(members), block_rows):
         similarity = vectors[start : start + block_rows] @ vectors[start:].T
-        rows, columns = np.nonzero(similarity > threshold)
+        # flat positions: np.nonzero on a 2-D mask costs ten times more for the same pairs in the same order
+        rows, columns = np.divmod(np.flatnonzero(similarity > threshold), similarity.shape[1])
         columns = columns + start
         rows = rows + start
         upper = columns > rows
@@ -116,11 +152,31 @@ def cluster_duplicate_edges(
     return members[nodes], members[roots]
 
 
+def clusters_duplicate_edges(clusters: Clusters, threshold: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cluster_duplicate_edges` for each of ``clusters``, one after the other (a task's unit of work)."""
+    found = [cluster_duplicate_edges(clusters.vectors(index), clusters.members(index), threshold, block_rows)
+             for index in range(len(clusters))]
+    return _concatenated(found)
+
+
 def batch_duplicate_edges(
     embeddings: np.ndarray, groups: list[np.ndarray], threshold: float, block_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cluster_duplicate_edges` for a batch of clusters, one after the other (a task's unit of work)."""
-    found = [cluster_duplicate_edges(embeddings, members, threshold, block_rows) for members in groups]
+    """:func:`clusters_duplicate_edges` over ``groups`` of ``embeddings`` rows (the matrix a task's top-level
+    argument, so an executor's shared handle arrives as the matrix)."""
+    return clusters_duplicate_edges(MatrixClusters(embeddings, groups), threshold, block_rows)
+
+
+def compared_in_tasks(executor: Executor, function, argument_lists: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``function`` (a batch of clusters to edges) over ``argument_lists`` on ``executor``; all the edges."""
+    progress = StageProgress("semantic dedup", total=len(argument_lists), unit="batch", tasks=len(argument_lists),
+                             task_unit="batch", final_counts=lambda edges: (id(edges), {COUNT: 1}))
+    with progress:
+        results = executor.run_tasks(function, argument_lists, progress=progress)
+    return _concatenated(results)
+
+
+def _concatenated(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
@@ -133,15 +189,22 @@ def cluster_members(rows: np.ndarray, clusters: np.ndarray) -> list[np.ndarray]:
     return [rows[part] for part in np.split(order, boundaries) if len(part)]
 
 
-def balanced_batches(groups: list[np.ndarray], batches: int) -> list[list[np.ndarray]]:
-    """Split clusters into ``batches`` lists of about equal cost (cost ∝ size²), largest first."""
-    buckets: list[list[np.ndarray]] = [[] for _ in range(max(1, batches))]
+def balanced_split(sizes: np.ndarray, batches: int) -> list[list[int]]:
+    """Indices of clusters of ``sizes`` in ``batches`` lists of about equal cost (cost ∝ size²), largest
+    first (equal sizes in their order)."""
+    buckets: list[list[int]] = [[] for _ in range(max(1, batches))]
     loads = np.zeros(len(buckets))
-    for members in sorted(groups, key=len, reverse=True):
+    sizes = np.asarray(sizes, dtype=np.int64)
+    for index in np.argsort(-sizes, kind="stable").tolist():
         target = int(np.argmin(loads))
-        buckets[target].append(members)
-        loads[target] += float(len(members)) ** 2
+        buckets[target].append(index)
+        loads[target] += float(sizes[index]) ** 2
     return [bucket for bucket in buckets if bucket]
+
+
+def balanced_batches(groups: list[np.ndarray], batches: int) -> list[list[np.ndarray]]:
+    """Split clusters into ``batches`` lists of about equal cost (:func:`balanced_split`)."""
+    return [[groups[index] for index in bucket] for bucket in balanced_split([len(g) for g in groups], batches)]
 
 
 def semantic_groups(embeddings: np.ndarray, config: SemanticConfig) -> list[np.ndarray]:
@@ -170,12 +233,5 @@ def semantic_edges(
     if executor is None:
         return batch_duplicate_edges(embeddings, groups, threshold, config.block_rows)
     shared = executor.share(embeddings)
-    batches = balanced_batches(groups, tasks)
-    progress = StageProgress("semantic dedup", total=len(batches), unit="batch", tasks=len(batches),
-                             task_unit="batch", final_counts=lambda edges: (id(edges), {COUNT: 1}))
-    with progress:
-        results = executor.run_tasks(batch_duplicate_edges, [(shared, batch, threshold, config.block_rows)
-                                                            for batch in batches], progress=progress)
-    if not results:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+    return compared_in_tasks(executor, batch_duplicate_edges, [(shared, batch, threshold, config.block_rows)
+                                                               for batch in balanced_batches(groups, tasks)])

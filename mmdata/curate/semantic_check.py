@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmdata.curate.semantic import normalised
+from mmdata.curate.semantic import Clusters, MatrixClusters, normalised
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 REFUSE_ABOVE = 0.5  # of the sampled nearest neighbours above 1 - eps: the threshold is in the bulk
@@ -97,10 +97,11 @@ def check_semantic(
 ) -> SemanticCheck:
     """Measure ``embeddings`` (rows of any float dtype) and decide whether the tier may run at ``eps``.
 
-    ``groups``: the tier's clusters (:func:`mmdata.curate.semantic.semantic_groups`); ``known``: mask
+    ``groups``: the tier's clusters (:func:`mmdata.curate.semantic.semantic_groups`, or
+    :class:`~mmdata.curate.semantic.Clusters` that read their own vectors); ``known``: mask
     of the rows that another tier already grouped (left out of the nearest-neighbour sample);
     ``copy_pairs``: (left rows, right rows) of pixel-verified, non-identical copies, or None when no
-    near tier ran. Memory: one cluster block of the sample at a time.
+    near tier ran. Memory: one cluster (the one compared) at a time.
     """
     rng = np.random.default_rng(seed)
     rows = len(embeddings)
@@ -130,21 +131,27 @@ def check_semantic(
 
 
 def nearest_similarity(
-    embeddings: np.ndarray, rows: np.ndarray, groups: list[np.ndarray], block_rows: int = 2048
+    embeddings: np.ndarray, rows: np.ndarray, groups: list[np.ndarray] | Clusters, block_rows: int = 2048
 ) -> np.ndarray:
     """Cosine similarity of each of ``rows`` (distinct) to its nearest other row within the groups it
-    belongs to (-inf for a row alone in its groups)."""
+    belongs to (-inf for a row alone in its groups). ``groups``: row ids of ``embeddings``, or
+    :class:`~mmdata.curate.semantic.Clusters` that read their own vectors (then only ``len(embeddings)``
+    is used); each group holding a sampled row is read once, as a whole."""
+    clusters = groups if isinstance(groups, Clusters) else MatrixClusters(embeddings, groups)
     slot = np.full(len(embeddings), -1, dtype=np.int64)
     slot[rows] = np.arange(len(rows))
     best = np.full(len(rows), -np.inf, dtype=np.float32)
-    for members in groups:
-        chosen = members[slot[members] >= 0]
-        if not len(chosen) or len(members) < 2:
+    for index in range(len(clusters)):
+        members = clusters.members(index)
+        inside = np.flatnonzero(slot[members] >= 0)
+        if not len(inside) or len(members) < 2:
             continue
-        queries = normalised(embeddings[chosen])
+        chosen = members[inside]
+        vectors = normalised(clusters.vectors(index))
+        queries = vectors[inside]
         for start in range(0, len(members), block_rows):
             block = members[start : start + block_rows]
-            similarity = queries @ normalised(embeddings[block]).T
+            similarity = queries @ vectors[start : start + block_rows].T
             similarity[chosen[:, None] == block[None, :]] = -np.inf
             best[slot[chosen]] = np.maximum(best[slot[chosen]], similarity.max(axis=1))
     return best

@@ -1,11 +1,13 @@
 """SemDeDup over embeddings that do not fit in memory: the same decisions as the in-memory tier.
 
 One pass over the caller's chunks spills the vectors, in their stored dtype, to a flat file under
-``scratch``; from then on the tier's own functions (:mod:`mmdata.curate.semantic` k-means and cluster
-comparisons, :mod:`mmdata.curate.semantic_check`) run on :class:`SpilledEmbeddings`, which reads the rows a
-step asks for (a block, a cluster, a sample) from that file and lets them go. Same code, same seeds and
-same row order as the in-memory path, so the same edges and the same check; the process holds the
-k-means sample, one cluster batch and a few bytes per row (row ids, cluster ids), never every embedding.
+``scratch``; the tier's k-means (:mod:`mmdata.curate.semantic`) reads it as :class:`SpilledEmbeddings`, a
+block or a sample at a time. One more pass copies each cluster's vectors (guests included) next to each
+other into a cluster file (:mod:`mmdata.curate.semantic_partition`), so the check's nearest neighbours
+(:mod:`mmdata.curate.semantic_check`) and the comparisons, here or in tasks, read a cluster with one
+contiguous read. Same code, same seeds and same row order as the in-memory path, so the same edges and the
+same check; the process holds the k-means sample, one cluster (or spill block) and a few bytes per row
+(row ids, cluster ids), never every embedding.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from mmdata.curate.semantic import SemanticConfig, normalised, semantic_edges, semantic_groups
+from mmdata.curate.semantic import SemanticConfig, assign_clusters, normalised
 from mmdata.curate.semantic_check import SemanticCheck, check_semantic
+from mmdata.curate.semantic_partition import cluster_file_edges, write_cluster_file
 from mmdata.execution import Executor
 
 Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -128,18 +131,20 @@ def semantic_duplicates(
     folder = tempfile.mkdtemp(prefix="semantic-", dir=scratch)
     try:
         rows, embeddings = _spill(chunks(), os.path.join(folder, "embeddings.bin"))
-        groups = semantic_groups(embeddings, config)
         known_rows = np.asarray(known, dtype=bool)
         if len(known_rows) <= rows[-1]:
             raise ValueError(f"known has {len(known_rows)} rows but the chunks reach row {rows[-1]}: pass a mask "
                              "over every sample row")
+        clusters = write_cluster_file(embeddings, *assign_clusters(embeddings, config),
+                                      os.path.join(folder, "clusters.bin"))
         pairs = None if copy_pairs is None else _pair_positions(rows, copy_pairs)
-        check = check_semantic(embeddings, groups, config.eps, known=known_rows[rows], copy_pairs=pairs,
+        check = check_semantic(embeddings, clusters, config.eps, known=known_rows[rows], copy_pairs=pairs,
                                force=force, seed=config.seed, check_rows=check_rows, block_rows=config.block_rows)
         left = right = np.empty(0, np.int64)
-        if check.ran:
-            left, right = semantic_edges(embeddings, config, executor=executor, groups=groups)
-        del groups
+        if check.ran and len(embeddings) > 1:
+            left, right = cluster_file_edges(clusters, config, executor=executor)
+        os.remove(clusters.path)  # the outcome keeps the spill only
+        del clusters
         return SemanticOutcome(edges=(rows[left], rows[right]), check=check, rows=rows, embeddings=embeddings,
                                folder=folder)
     except BaseException:

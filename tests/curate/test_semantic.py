@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mmdata.curate.components import connected_components
-from mmdata.curate.semantic import SemanticConfig, balanced_batches, cluster_members, semantic_edges
+from mmdata.curate.semantic import (
+    SemanticConfig,
+    balanced_batches,
+    balanced_split,
+    cluster_members,
+    normalised,
+    semantic_edges,
+)
 from mmdata.execution import ExecutionConfig, open_executor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -66,3 +73,15 @@ def test_clusters_split_into_balanced_batches():
     batches = balanced_batches(groups, 2)
     assert sorted(sum(len(group) for group in batch) for batch in batches) == [4, 4]
     assert sorted(np.concatenate([np.concatenate(batch) for batch in batches])) == list(range(8))
+    assert balanced_split([2, 3, 3, 1], 2) == [[1, 0], [2, 3]]  # largest first, equal sizes in their order
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_normalised_rounds_as_numpy_norm_and_copies(embeddings, dtype):
+    vectors = embeddings[0][:500].astype(dtype)
+    vectors[3] = 0
+    as_float = vectors.astype(np.float32)
+    expected = as_float / np.maximum(np.linalg.norm(as_float, axis=1, keepdims=True), 1e-12)
+    unit = normalised(vectors)
+    assert unit.dtype == np.float32 and np.array_equal(unit, expected) and not unit[3].any()
+    assert not np.shares_memory(unit, vectors)
