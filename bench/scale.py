@@ -276,10 +276,11 @@ STAGES = {stage.name: stage for stage in (
           largest=10_000_000),
     Stage("index", _index, "mmdata index: IVF-PQ trained on a sample, vectors added in batches", ("embeddings",),
           largest=10_000_000),
-    # generation included (~30 s per 10M rows); 100M rows spill 8.8 GB to the scratch folder
+    # still quadratic (blocked): ~2.5 min at 1M, 568 s at 2M, ~2 h at 10M by its cost model, days at 100M (which
+    # would spill 8.8 GB to the scratch folder); generation ~20 s per 1M rows
     Stage("near-search", _near_search, "near dedup's search, near_recall 0.95, synthetic 64-bit hashes",
-          synthetic=True, figures=True),
-    # quadratic: ~4 min per (1M rows)^2 on one core
+          synthetic=True, figures=True, largest=1_000_000),
+    # ~4.5 min per (1M rows)^2 on one core
     Stage("near-search-exact", _near_search_exact, "the same, exact (near_recall 1.0)", synthetic=True,
           figures=True, largest=1_000_000),
     Stage("loader", _loader, "one rank of 8: catalog and plan up to its first read (no tars: no decode)"),

@@ -1,5 +1,5 @@
-"""``mmdata dedup DIR [--exact] [--near --hamming H] [--semantic --eps E --clusters K [--force-semantic]]
-[--block-rows N] [--scratch-dir DIR]``."""
+"""``mmdata dedup DIR [--exact] [--near --hamming H [--near-recall R]]
+[--semantic --eps E --clusters K [--force-semantic]] [--block-rows N] [--scratch-dir DIR]``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from mmdata.cli._flags import add_execution_flags, add_storage_flag, execution_o
 
 TIERS = ("exact", "near", "semantic")
 _OPTIONS = (
-    "hamming", "colour_tolerance", "thumbnail_tolerance", "mirrors", "eps", "clusters", "force_semantic", "model",
-    "block_rows", "scratch_dir",
+    "hamming", "near_recall", "colour_tolerance", "thumbnail_tolerance", "mirrors", "eps", "clusters",
+    "force_semantic", "model", "block_rows", "scratch_dir",
 )
 
 
@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="perceptual hash within --hamming bits (re-encodes, resizes, crops)")
     parser.add_argument("--hamming", type=int,
                         help="near tier: largest Hamming distance of 64 bits (default %(library_default)s)")
+    parser.add_argument(
+        "--near-recall", type=float,
+        help="near tier: 1.0 searches exactly (time quadratic in the rows); below 1 (e.g. 0.95), a faster "
+        "approximate search finds each pair within --hamming with at least this probability (closer pairs more "
+        "often) and never adds a pair (default %(library_default)s)",
+    )
     parser.add_argument(
         "--colour-tolerance", type=float,
         help="near tier: largest difference of the RGB channel means/standard deviations, 0-255 "

@@ -53,6 +53,10 @@ class DedupConfig:
     # that is imprecise)
     thumbnail_tolerance: float | None = THUMBNAIL_TOLERANCE
     mirrors: bool = True  # near tier: a picture flipped left to right is a duplicate (the same photo)
+    # near tier: 1.0 searches exactly (quadratic in the rows); below, an approximate search (bit-sampling LSH)
+    # finds every pair within `hamming` with at least this probability (closer pairs more often) and never
+    # adds a pair (mmdata.curate.dedup_near)
+    near_recall: float = 1.0
     semantic: bool = False
     eps: float = 0.05  # semantic tier: cosine DISTANCE; pairs with cosine similarity > 1 - eps are duplicates
     # semantic tier: run even where its check refuses (1 - eps inside the bulk of nearest-neighbour
@@ -73,6 +77,10 @@ class DedupConfig:
             raise ValueError("no dedup tier selected: pass exact, near and/or semantic")
         if not 0 <= self.hamming <= 24:
             raise ValueError(f"hamming must be in [0, 24] bits of 64, got {self.hamming} (8 is a good start)")
+        if not 0 < self.near_recall <= 1:
+            raise ValueError(
+                f"near_recall must be in (0, 1] (1.0: exact search; e.g. 0.95: approximate), got {self.near_recall}"
+            )
         if self.colour_tolerance < 0:
             raise ValueError(f"colour_tolerance must be >= 0 (0-255 levels), got {self.colour_tolerance}")
         if self.thumbnail_tolerance is not None and not 0 <= self.thumbnail_tolerance <= 255:

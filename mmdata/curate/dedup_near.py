@@ -19,8 +19,9 @@ of ``tables`` keys made of ``bits`` bit positions drawn at random (a fixed seed:
 query looked up with up to ``flips`` key bits flipped. The guarantee is per pair of a query pHash and an
 indexed hash within ``radius`` bits, over the random draws: it is found with probability at least
 ``near_recall`` (closer pairs more often); every candidate is still checked with the exact distance, so the
-search only ever misses pairs, never adds one. It is still blocked (quadratic in the rows), with a
-constant ~10-20 times smaller.
+search only ever misses pairs, never adds one. It is still blocked, so still quadratic in the rows: at 8 bits
+of 64 a key collides rarely (about 100 tables of 22 bits for 0.95), and it measured ~2x faster than the exact
+search at 1M rows, ~3-6x by its cost model at 10M-100M (bench/scale.py near-search).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from mmdata.schemas.hashes import CROP_COUNT
 VERIFY_PAIRS = 65_536  # candidate pairs verified at once
 DENSE_BITS = 22  # bands up to this wide are looked up in a table over every value (64 MB at most)
 CANDIDATE_COST = 4  # a candidate pair costs about this many binary-search steps (gathers, popcount)
+BUCKET_PASSES = 8  # candidates taken one bucket position at a time (no per-candidate index) before the rest at once
 SAMPLING_SEED = 1_729  # the approximate search's bit draws: fixed, so runs are deterministic
 MAX_SAMPLED_BITS = 32  # sampled keys are uint32
-# the approximate search's cost model, in nanoseconds measured on one core (bench/scale.py near-search):
-# per indexed code and table (its key, the sort), per dense bucket, per query key, per lookup of a probe
-# (dense table, or binary search of the sorted probes), per candidate pair (gathers, popcount)
-SAMPLED_BUILD_NS, SAMPLED_BUCKET_NS, SAMPLED_KEY_NS = 90.0, 30.0, 40.0
-SAMPLED_DENSE_NS, SAMPLED_SPARSE_NS, SAMPLED_CANDIDATE_NS = 15.0, 150.0, 40.0
+# the approximate search's cost model, in nanoseconds measured on one core (bench/scale.py near-search, 1M
+# rows): per indexed code and table (its key, the sort, the gathers), per dense bucket, per query and table
+# (its key, the pass), per probe's lookup (dense table, or binary search of the sorted probes), per candidate
+SAMPLED_BUILD_NS, SAMPLED_BUCKET_NS, SAMPLED_QUERY_NS = 110.0, 30.0, 200.0
+SAMPLED_DENSE_NS, SAMPLED_SPARSE_NS, SAMPLED_CANDIDATE_NS = 40.0, 180.0, 45.0
 
 
 class NearSearch:
@@ -209,7 +211,7 @@ def sampled_plan(radius: int, recall: float, queries: int, codes: int) -> Sample
             probes = sum(math.comb(bits, flipped) for flipped in range(flips + 1))
             lookup = SAMPLED_DENSE_NS if dense else SAMPLED_SPARSE_NS
             probe = lookup + SAMPLED_CANDIDATE_NS * codes / 2.0**bits
-            plans.append((plan.tables * (build + queries * (SAMPLED_KEY_NS + probes * probe)), bits, plan))
+            plans.append((plan.tables * (build + queries * (SAMPLED_QUERY_NS + probes * probe)), bits, plan))
     return min(plans, key=lambda cost_plan: cost_plan[:2])[2]
 
 
@@ -241,19 +243,20 @@ _LITTLE = [0, 1, 2, 3] if np.little_endian else [3, 2, 1, 0]  # the uint16 colum
 
 
 class _KeyIndex:
-    """A block's codes ordered by a key, looked up by queries' keys with bits flipped."""
+    """A block's codes (and their owner rows) sorted by a key, looked up by queries' keys with bits flipped."""
 
     def __init__(self, owners: np.ndarray, codes: np.ndarray, key: _Band | _SampledBits):
-        self.key, self.width, self.owners, self.codes = key, key.width, owners, codes
+        self.key, self.width = key, key.width
         keys = key(codes)
         if self.width <= 32 and len(keys) < 2**32:  # sort key and position packed: much faster than argsort
             packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | np.arange(len(keys), dtype=np.uint64))
-            self.order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
             keys = packed >> np.uint64(32)
             del packed
         else:
-            self.order = np.argsort(keys)
-            keys = keys[self.order]
+            order = np.argsort(keys)
+            keys = keys[order]
+        self.codes, self.owners = codes[order], owners[order]
         if self.width <= DENSE_BITS:  # a table over every key value: one lookup instead of a binary search
             counts = np.bincount(keys.astype(np.int64), minlength=1 << self.width)
             self.starts = np.concatenate([[0], np.cumsum(counts)])
@@ -270,16 +273,22 @@ class _KeyIndex:
         lefts, rights = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
         for pattern in _patterns(self.width, flips):
             starts, counts = self._lookup(keys ^ pattern.astype(keys.dtype))
-            hit = np.flatnonzero(counts)
-            if not len(hit):
-                continue
-            repeats = counts[hit]
-            queried = np.repeat(hit, repeats)
-            offsets = np.arange(len(queried)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-            position = self.order[starts[queried] + offsets]
-            close = np.bitwise_count(query[queried] ^ self.codes[position]) <= radius
-            lefts.append(query_rows[queried[close]])
-            rights.append(self.owners[position[close]])
+            queried, offset = np.flatnonzero(counts), 0
+            while len(queried):
+                if offset < BUCKET_PASSES:  # the offset-th code of every bucket still that long
+                    queried_at, position = queried, starts[queried] + offset
+                else:  # the rest of the few long buckets (blank pictures share a hash): every candidate at once
+                    repeats = counts[queried] - offset
+                    queried_at = np.repeat(queried, repeats)
+                    position = starts[queried_at] + offset + np.arange(len(queried_at)) - np.repeat(
+                        np.cumsum(repeats) - repeats, repeats)
+                close = np.bitwise_count(query[queried_at] ^ self.codes[position]) <= radius
+                lefts.append(query_rows[queried_at[close]])
+                rights.append(self.owners[position[close]])
+                if offset >= BUCKET_PASSES:
+                    break
+                offset += 1
+                queried = queried[counts[queried] > offset]
         return np.concatenate(lefts), np.concatenate(rights)
 
     def _lookup(self, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

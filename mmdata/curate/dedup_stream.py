@@ -164,7 +164,8 @@ def _dedup_in(root: Location, config, path: Location, scratch: str, execution: E
 def _near_tier(samples: Samples, near: NearSearch, config, exact_labels: np.ndarray | None, scratch: str):
     """(the near tier's edges, its copies for the semantic check: each verified pair once, identical files
     (one exact group) left out)."""
-    left, right = near.candidates(config.hamming, mirrors=config.mirrors, block_rows=config.block_rows)
+    left, right = near.candidates(config.hamming, mirrors=config.mirrors, block_rows=config.block_rows,
+                                  near_recall=config.near_recall)
     forward, either = verified_pairs(
         left, right, samples.near_hashes, os.path.join(scratch, "near-verify"), config.hamming,
         config.colour_tolerance, config.thumbnail_tolerance, mirrors=config.mirrors,
