@@ -95,49 +95,16 @@ def assign_clusters(
     return member_rows, member_clusters
 
 
-class Clusters:
-    """The groups the tier compares within: how many, each one's row ids, and their vectors read as one
-    block. :class:`MatrixClusters` reads them from a matrix; a file of clusters in their order
-    (:class:`mmdata.curate.semantic_partition.ClusterFile`) reads each with one contiguous read."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def members(self, index: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def vectors(self, index: int) -> np.ndarray:
-        """The vectors of ``members(index)``, in that order (any float dtype)."""
-        raise NotImplementedError
-
-
-class MatrixClusters(Clusters):
-    """Groups of rows of an embedding matrix (anything indexed by an array of row ids)."""
-
-    def __init__(self, embeddings: np.ndarray, groups: list[np.ndarray]):
-        self.embeddings, self.groups = embeddings, groups
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def members(self, index: int) -> np.ndarray:
-        return self.groups[index]
-
-    def vectors(self, index: int) -> np.ndarray:
-        return self.embeddings[self.groups[index]]
-
-
 def cluster_duplicate_edges(
-    vectors: np.ndarray, members: np.ndarray, threshold: float, block_rows: int
+    unit: np.ndarray, members: np.ndarray, threshold: float, block_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Spanning-forest edges (global row ids) among ``members`` (``vectors``: theirs, in that order) whose
-    cosine exceeds ``threshold``."""
+    """Spanning-forest edges (global row ids) among ``members`` whose cosine exceeds ``threshold``;
+    ``unit``: their vectors, :func:`normalised`, in that order."""
     if len(members) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    vectors = normalised(vectors)
     lefts, rights = [], []
     for start in range(0, len(members), block_rows):
-        similarity = vectors[start : start + block_rows] @ vectors[start:].T
+        similarity = unit[start : start + block_rows] @ unit[start:].T
         # flat positions: np.nonzero on a 2-D mask costs ten times more for the same pairs in the same order
         rows, columns = np.divmod(np.flatnonzero(similarity > threshold), similarity.shape[1])
         columns = columns + start
@@ -152,34 +119,28 @@ def cluster_duplicate_edges(
     return members[nodes], members[roots]
 
 
-def clusters_duplicate_edges(clusters: Clusters, threshold: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cluster_duplicate_edges` for each of ``clusters``, one after the other (a task's unit of work)."""
-    found = [cluster_duplicate_edges(clusters.vectors(index), clusters.members(index), threshold, block_rows)
-             for index in range(len(clusters))]
-    return _concatenated(found)
-
-
 def batch_duplicate_edges(
     embeddings: np.ndarray, groups: list[np.ndarray], threshold: float, block_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`clusters_duplicate_edges` over ``groups`` of ``embeddings`` rows (the matrix a task's top-level
-    argument, so an executor's shared handle arrives as the matrix)."""
-    return clusters_duplicate_edges(MatrixClusters(embeddings, groups), threshold, block_rows)
+    """:func:`cluster_duplicate_edges` for a batch of clusters, one after the other (a task's unit of work)."""
+    return concatenated_edges([cluster_duplicate_edges(normalised(embeddings[members]), members, threshold,
+                                                       block_rows) for members in groups])
 
 
-def compared_in_tasks(executor: Executor, function, argument_lists: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``function`` (a batch of clusters to edges) over ``argument_lists`` on ``executor``; all the edges."""
-    progress = StageProgress("semantic dedup", total=len(argument_lists), unit="batch", tasks=len(argument_lists),
-                             task_unit="batch", final_counts=lambda edges: (id(edges), {COUNT: 1}))
-    with progress:
-        results = executor.run_tasks(function, argument_lists, progress=progress)
-    return _concatenated(results)
-
-
-def _concatenated(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def concatenated_edges(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One (left, right) from several, in their order."""
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+
+def compared_in_tasks(executor: Executor, function, argument_lists: list[tuple]) -> list:
+    """``function`` (a batch of clusters compared) over ``argument_lists`` on ``executor``, with a progress
+    bar; the results in completion order."""
+    progress = StageProgress("semantic dedup", total=len(argument_lists), unit="batch", tasks=len(argument_lists),
+                             task_unit="batch", final_counts=lambda result: (id(result), {COUNT: 1}))
+    with progress:
+        return executor.run_tasks(function, argument_lists, progress=progress)
 
 
 def cluster_members(rows: np.ndarray, clusters: np.ndarray) -> list[np.ndarray]:
@@ -233,5 +194,5 @@ def semantic_edges(
     if executor is None:
         return batch_duplicate_edges(embeddings, groups, threshold, config.block_rows)
     shared = executor.share(embeddings)
-    return compared_in_tasks(executor, batch_duplicate_edges, [(shared, batch, threshold, config.block_rows)
-                                                               for batch in balanced_batches(groups, tasks)])
+    return concatenated_edges(compared_in_tasks(executor, batch_duplicate_edges, [
+        (shared, batch, threshold, config.block_rows) for batch in balanced_batches(groups, tasks)]))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmdata.curate.semantic import Clusters, MatrixClusters, normalised
+from mmdata.curate.semantic import normalised
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 REFUSE_ABOVE = 0.5  # of the sampled nearest neighbours above 1 - eps: the threshold is in the bulk
@@ -97,17 +97,31 @@ def check_semantic(
 ) -> SemanticCheck:
     """Measure ``embeddings`` (rows of any float dtype) and decide whether the tier may run at ``eps``.
 
-    ``groups``: the tier's clusters (:func:`mmdata.curate.semantic.semantic_groups`, or
-    :class:`~mmdata.curate.semantic.Clusters` that read their own vectors); ``known``: mask
+    ``groups``: the tier's clusters (:func:`mmdata.curate.semantic.semantic_groups`); ``known``: mask
     of the rows that another tier already grouped (left out of the nearest-neighbour sample);
     ``copy_pairs``: (left rows, right rows) of pixel-verified, non-identical copies, or None when no
-    near tier ran. Memory: one cluster (the one compared) at a time.
+    near tier ran. Memory: one cluster at a time.
     """
     rng = np.random.default_rng(seed)
-    rows = len(embeddings)
-    unknown = np.flatnonzero(~known) if known is not None else np.arange(rows)
-    sample = np.sort(rng.choice(unknown, min(check_rows, len(unknown)), replace=False)) if rows > 1 else unknown[:0]
+    sample = check_sample(len(embeddings), known, check_rows, rng)
     nearest = nearest_similarity(embeddings, sample, groups, block_rows)
+    return decide(embeddings, nearest, eps, copy_pairs=copy_pairs, check_rows=check_rows, force=force, rng=rng)
+
+
+def check_sample(rows: int, known: np.ndarray | None, check_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """The rows whose nearest neighbour the check measures, ascending: up to ``check_rows`` of the ``rows``
+    that ``known`` does not mark (the first draw of ``rng``, the check's generator)."""
+    unknown = np.flatnonzero(~known) if known is not None else np.arange(rows)
+    return np.sort(rng.choice(unknown, min(check_rows, len(unknown)), replace=False)) if rows > 1 else unknown[:0]
+
+
+def decide(
+    embeddings: np.ndarray, nearest: np.ndarray, eps: float, *, copy_pairs: tuple[np.ndarray, np.ndarray] | None,
+    check_rows: int, force: bool, rng: np.random.Generator,
+) -> SemanticCheck:
+    """The check from the sample's nearest-neighbour similarities (:func:`nearest_similarity`, -inf where
+    a row has no neighbour) and ``rng`` as :func:`check_sample` left it: it draws the known copies and the
+    random pairs next, so a caller that measured the nearest neighbours its own way gets the same check."""
     nearest = nearest[nearest > -np.inf]
     copies = _copy_similarity(embeddings, copy_pairs, check_rows, rng)
     random_pairs = _random_pair_similarity(embeddings, check_rows, rng)
@@ -131,29 +145,32 @@ def check_semantic(
 
 
 def nearest_similarity(
-    embeddings: np.ndarray, rows: np.ndarray, groups: list[np.ndarray] | Clusters, block_rows: int = 2048
+    embeddings: np.ndarray, rows: np.ndarray, groups: list[np.ndarray], block_rows: int = 2048
 ) -> np.ndarray:
     """Cosine similarity of each of ``rows`` (distinct) to its nearest other row within the groups it
-    belongs to (-inf for a row alone in its groups). ``groups``: row ids of ``embeddings``, or
-    :class:`~mmdata.curate.semantic.Clusters` that read their own vectors (then only ``len(embeddings)``
-    is used); each group holding a sampled row is read once, as a whole."""
-    clusters = groups if isinstance(groups, Clusters) else MatrixClusters(embeddings, groups)
+    belongs to (-inf for a row alone in its groups)."""
     slot = np.full(len(embeddings), -1, dtype=np.int64)
     slot[rows] = np.arange(len(rows))
     best = np.full(len(rows), -np.inf, dtype=np.float32)
-    for index in range(len(clusters)):
-        members = clusters.members(index)
+    for members in groups:
         inside = np.flatnonzero(slot[members] >= 0)
-        if not len(inside) or len(members) < 2:
-            continue
-        chosen = members[inside]
-        vectors = normalised(clusters.vectors(index))
-        queries = vectors[inside]
-        for start in range(0, len(members), block_rows):
-            block = members[start : start + block_rows]
-            similarity = queries @ vectors[start : start + block_rows].T
-            similarity[chosen[:, None] == block[None, :]] = -np.inf
-            best[slot[chosen]] = np.maximum(best[slot[chosen]], similarity.max(axis=1))
+        if len(inside) and len(members) > 1:
+            chosen = slot[members[inside]]
+            best[chosen] = np.maximum(best[chosen], cluster_nearest(normalised(embeddings[members]), members,
+                                                                    inside, block_rows))
+    return best
+
+
+def cluster_nearest(unit: np.ndarray, members: np.ndarray, inside: np.ndarray, block_rows: int) -> np.ndarray:
+    """For ``members[inside]`` (distinct positions), the cosine similarity to their nearest other member;
+    ``unit``: the members' vectors, normalised. Compares ``block_rows`` members at a time."""
+    chosen, queries = members[inside], unit[inside]
+    best = np.full(len(inside), -np.inf, dtype=np.float32)
+    for start in range(0, len(members), block_rows):
+        block = members[start : start + block_rows]
+        similarity = queries @ unit[start : start + block_rows].T
+        similarity[chosen[:, None] == block[None, :]] = -np.inf
+        best = np.maximum(best, similarity.max(axis=1))
     return best
 
 

@@ -3,11 +3,12 @@
 One pass over the caller's chunks spills the vectors, in their stored dtype, to a flat file under
 ``scratch``; the tier's k-means (:mod:`mmdata.curate.semantic`) reads it as :class:`SpilledEmbeddings`, a
 block or a sample at a time. One more pass copies each cluster's vectors (guests included) next to each
-other into a cluster file (:mod:`mmdata.curate.semantic_partition`), so the check's nearest neighbours
-(:mod:`mmdata.curate.semantic_check`) and the comparisons, here or in tasks, read a cluster with one
-contiguous read. Same code, same seeds and same row order as the in-memory path, so the same edges and the
-same check; the process holds the k-means sample, one cluster (or spill block) and a few bytes per row
-(row ids, cluster ids), never every embedding.
+other into a cluster file (:mod:`mmdata.curate.semantic_partition`), and one pass over that file, here or
+in tasks, reads each cluster once to compare its rows and to measure the check's nearest neighbours
+(:mod:`mmdata.curate.semantic_check`); the check then decides whether the edges are kept. Same
+arithmetic, same seeds and same row order as the in-memory path, so the same edges and the same check;
+the process holds the k-means sample, one cluster (or spill block) and a few bytes per row (row ids,
+cluster ids), never every embedding.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mmdata.curate.semantic import SemanticConfig, assign_clusters, normalised
-from mmdata.curate.semantic_check import SemanticCheck, check_semantic
-from mmdata.curate.semantic_partition import cluster_file_edges, write_cluster_file
+from mmdata.curate.semantic_check import SemanticCheck, check_sample, decide
+from mmdata.curate.semantic_partition import cluster_file_pass, write_cluster_file
 from mmdata.execution import Executor
 
 Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -32,8 +33,9 @@ SIMILARITY_BATCH = 65_536  # pairs whose vectors :meth:`SemanticOutcome.similari
 
 class SpilledEmbeddings:
     """A read-only ``[rows, dim]`` embedding matrix in a flat file, indexed like an array: a slice or an
-    array of row ids returns those rows as an ndarray. Each read maps the file only while it copies the
-    rows out, so resident memory is what the caller keeps; small and picklable (tasks open the file)."""
+    array of row ids returns those rows as an ndarray. Rows are read into the array returned (one read per
+    run of consecutive rows), never mapped, so resident memory is what the caller keeps, however scattered
+    the rows; small and picklable."""
 
     def __init__(self, path: str, rows: int, dim: int, dtype: np.dtype):
         self.path = path
@@ -57,11 +59,27 @@ class SpilledEmbeddings:
             raise TypeError(f"index SpilledEmbeddings with a slice or integer row ids, not {positions.dtype}")
         if not positions.size:
             return np.empty((*positions.shape, dim), self.dtype)
-        mapped = np.memmap(self.path, self.dtype, "r", shape=self.shape)
-        try:
-            return np.array(mapped[positions])
-        finally:
-            del mapped
+        flat = positions.reshape(-1).astype(np.int64)
+        if flat.min() < 0 or flat.max() >= rows:
+            raise IndexError(f"row ids must lie in [0, {rows}) (no negative ids)")
+        return self._rows(flat).reshape(*positions.shape, dim)
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        order = np.argsort(positions, kind="stable")
+        ordered = positions[order]
+        found = np.empty((len(positions), self.shape[1]), self.dtype)
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        target = memoryview(found.reshape(-1).view(np.uint8))
+        breaks = (np.flatnonzero(np.diff(ordered) != 1) + 1).tolist()
+        with open(self.path, "rb", buffering=0) as source:
+            for begin, end in zip([0, *breaks], [*breaks, len(ordered)]):
+                want = (end - begin) * row_bytes
+                if os.preadv(source.fileno(), [target[begin * row_bytes : end * row_bytes]],
+                             int(ordered[begin]) * row_bytes) != want:
+                    raise OSError(f"{self.path} ended before row {int(ordered[end - 1])}: the spill is truncated")
+        result = np.empty_like(found)
+        result[order] = found
+        return result
 
 
 @dataclass
@@ -123,9 +141,10 @@ def semantic_duplicates(
     ``known``: bool per global row, True where the exact/near tiers already found a copy (left out of
     the check's nearest-neighbour sample); ``copy_pairs``: the near tier's pixel-verified pairs as global
     rows (each once, identical files left out), or None when it did not run. Clusters are compared on
-    ``executor`` (None: here, one after the other); its tasks read the spill under ``scratch``, so with
-    Ray on several machines ``scratch`` must be a folder they share. Edges are empty when the check
-    refuses the tier and ``force`` is off.
+    ``executor`` (None: here, one after the other); its tasks read the cluster file under ``scratch``, so
+    with Ray on several machines ``scratch`` must be a folder they share. The check's nearest neighbours are
+    measured in the same pass as the comparisons: edges are dropped (empty) when the check refuses the tier
+    and ``force`` is off.
     """
     os.makedirs(scratch, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="semantic-", dir=scratch)
@@ -137,14 +156,16 @@ def semantic_duplicates(
                              "over every sample row")
         clusters = write_cluster_file(embeddings, *assign_clusters(embeddings, config),
                                       os.path.join(folder, "clusters.bin"))
-        pairs = None if copy_pairs is None else _pair_positions(rows, copy_pairs)
-        check = check_semantic(embeddings, clusters, config.eps, known=known_rows[rows], copy_pairs=pairs,
-                               force=force, seed=config.seed, check_rows=check_rows, block_rows=config.block_rows)
-        left = right = np.empty(0, np.int64)
-        if check.ran and len(embeddings) > 1:
-            left, right = cluster_file_edges(clusters, config, executor=executor)
+        rng = np.random.default_rng(config.seed)  # the check's draws, in check_semantic's order
+        sample = check_sample(len(embeddings), known_rows[rows], check_rows, rng)
+        (left, right), nearest = cluster_file_pass(clusters, config, sample, executor=executor)
         os.remove(clusters.path)  # the outcome keeps the spill only
         del clusters
+        pairs = None if copy_pairs is None else _pair_positions(rows, copy_pairs)
+        check = decide(embeddings, nearest, config.eps, copy_pairs=pairs, check_rows=check_rows, force=force,
+                       rng=rng)
+        if not check.ran:
+            left = right = np.empty(0, np.int64)
         return SemanticOutcome(edges=(rows[left], rows[right]), check=check, rows=rows, embeddings=embeddings,
                                folder=folder)
     except BaseException:

@@ -115,6 +115,9 @@ def test_spilled_embeddings_read_slices_and_row_ids(tmp_path):
     assert np.array_equal(spilled[3:7], vectors[3:7]) and np.array_equal(spilled[8:20], vectors[8:])
     assert np.array_equal(spilled[np.array([9, 0, 9])], vectors[[9, 0, 9]])
     assert spilled[np.array([], int)].shape == (0, 4)
+    assert np.array_equal(spilled[np.array([[5, 6], [7, 1]])], vectors[[[5, 6], [7, 1]]])  # runs and shapes kept
+    with pytest.raises(IndexError, match="row ids"):
+        spilled[np.array([10])]
     with pytest.raises(TypeError, match="integer row ids"):
         spilled[np.ones(10, dtype=bool)]
 
