@@ -73,10 +73,13 @@ class SpilledEmbeddings:
         breaks = (np.flatnonzero(np.diff(ordered) != 1) + 1).tolist()
         with open(self.path, "rb", buffering=0) as source:
             for begin, end in zip([0, *breaks], [*breaks, len(ordered)]):
-                want = (end - begin) * row_bytes
-                if os.preadv(source.fileno(), [target[begin * row_bytes : end * row_bytes]],
-                             int(ordered[begin]) * row_bytes) != want:
-                    raise OSError(f"{self.path} ended before row {int(ordered[end - 1])}: the spill is truncated")
+                piece = target[begin * row_bytes : end * row_bytes]
+                source.seek(int(ordered[begin]) * row_bytes)
+                while len(piece):
+                    read = source.readinto(piece)
+                    if not read:
+                        raise OSError(f"{self.path} ended before row {int(ordered[end - 1])}: the spill is truncated")
+                    piece = piece[read:]
         result = np.empty_like(found)
         result[order] = found
         return result
