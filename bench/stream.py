@@ -9,9 +9,10 @@ index) and iterates it to the end. A second pass in the same process gives the w
 figure. Each round runs every cell once, the systems in a rotating order; the table gives medians
 over rounds, and the load average.
 
-systems   mmdata             mmdata.stream, Pillow decode (the default: today's pixels), its default decode
-                             threads (one per core up to 4 in one process: 2 here; 1 per DataLoader worker)
-          mmdata+simplejpeg  mmdata.stream(jpeg_decoder="simplejpeg")
+systems   mmdata             mmdata.stream with its defaults: jpeg_decoder "auto" (Pillow's pixels for PIL
+                             images, simplejpeg for tensors), decode threads (one per core up to 4 in one
+                             process: 2 here; 1 per DataLoader worker)
+          mmdata+simplejpeg  mmdata.stream(jpeg_decoder="simplejpeg"): simplejpeg for PIL images too
           webdataset         webdataset.WebDataset(...).decode("pil" | "torchrgb8")
           litdata            litdata.optimize -> litdata.StreamingDataset, raw JPEG bytes decoded in
                              __getitem__ (Pillow; tensors with torchvision.io.decode_jpeg, as LitData's
@@ -197,7 +198,7 @@ def torch_iterable(cell: dict, plan: dict):
         import mmdata
 
         dataset = mmdata.stream(root, view="sample30" if view else None, shuffle=False, decode=output,
-                                jpeg_decoder="simplejpeg" if system == "mmdata+simplejpeg" else "pillow")
+                                jpeg_decoder="simplejpeg" if system == "mmdata+simplejpeg" else "auto")
         return dataset.loader(batch_size=BATCH, num_workers=2, collate_fn=collate) if cell["mode"] == "dl2" else dataset
     if system == "webdataset":
         import webdataset as wds

@@ -1,16 +1,21 @@
 """Image bytes into what a training step takes: an RGB PIL image (``decode="pil"``) or a uint8
 ``[3, H, W]`` tensor (``decode="tensor"``).
 
-Pillow decodes by default, so the pixels are those of ``Image.open(...).convert("RGB")``. A plain
-grey or colour JPEG (8-bit, one or three components, no EXIF or ICC profile to keep, within
-``Image.MAX_IMAGE_PIXELS``) skips ``Image.open``'s Python marker parsing: its frame header is read here
-and the bytes go straight to Pillow's own JPEG decoder with the arguments ``Image.open`` would give it,
-so the pixels are the same by construction (the image's ``info`` is empty). Anything else, and any
-JPEG that decoder refuses, goes through ``Image.open``, which decodes it or names the problem.
-``jpeg_decoder="simplejpeg"`` hands YCbCr and grayscale JPEGs to libjpeg-turbo through simplejpeg
-instead: no Python-level marker parsing, and a tensor is the decoded array itself rather than a copy
-out of Pillow. Any other image (CMYK JPEGs, PNG, WebP, ...) and any JPEG simplejpeg refuses goes to
-Pillow, so an image decodes, or fails, as it would with Pillow alone.
+``jpeg_decoder="auto"`` (the default) takes the faster decoder for each output (bench/stream.py):
+Pillow for PIL images, simplejpeg for tensors; ``"pillow"`` or ``"simplejpeg"`` forces one.
+
+Pillow: the pixels of ``Image.open(...).convert("RGB")``. A plain grey or colour JPEG (8-bit, one or
+three components, no EXIF or ICC profile to keep, within ``Image.MAX_IMAGE_PIXELS``) skips
+``Image.open``'s Python marker parsing: its frame header is read here and the bytes go straight to
+Pillow's own JPEG decoder with the arguments ``Image.open`` would give it, so the pixels are the same by
+construction (the image's ``info`` is empty). Anything else, and any JPEG that decoder refuses, goes
+through ``Image.open``, which decodes it or names the problem.
+
+simplejpeg: YCbCr and grey JPEGs go to libjpeg-turbo through simplejpeg, with no Python-level marker
+parsing, and a tensor is the decoded array itself rather than a copy out of Pillow; its pixels are
+Pillow's within one level per channel (its own libjpeg-turbo build; equal on every kind the tests try).
+Any other image (CMYK JPEGs, PNG, WebP, ...) and any JPEG simplejpeg refuses goes to Pillow, so an image
+decodes, or fails, as it would with Pillow alone.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from PIL import Image
 
 DECODES = ("pil", "tensor", None)
-JPEG_DECODERS = ("pillow", "simplejpeg")
+JPEG_DECODERS = ("auto", "pillow", "simplejpeg")
 _JPEG_START = b"\xff\xd8\xff"
 _SIMPLEJPEG_COLORSPACES = ("YCbCr", "Gray")  # those whose RGB pixels match Pillow's (tests/stream/test_decode.py)
 
@@ -32,17 +37,18 @@ def check_jpeg_decoder(jpeg_decoder: str) -> None:
     """Refuse an unknown decoder, or simplejpeg when it is not installed, with what to do."""
     if jpeg_decoder not in JPEG_DECODERS:
         raise ValueError(f"jpeg_decoder must be one of {JPEG_DECODERS}, not {jpeg_decoder!r}")
-    if jpeg_decoder == "simplejpeg":
+    if jpeg_decoder in ("auto", "simplejpeg"):
         try:
             import simplejpeg  # noqa: F401
         except ImportError as error:
-            message = "jpeg_decoder='simplejpeg' needs the simplejpeg package: pip install simplejpeg"
+            message = f"jpeg_decoder={jpeg_decoder!r} needs the simplejpeg package: pip install simplejpeg"
             raise ValueError(message) from error
 
 
-def decode_image(data: bytes, decode: str, jpeg_decoder: str = "pillow") -> Any:
-    """``data`` as ``decode`` asks ("pil" or "tensor"); errors are the decoder's own."""
-    if jpeg_decoder == "simplejpeg":
+def decode_image(data: bytes, decode: str, jpeg_decoder: str = "auto") -> Any:
+    """``data`` as ``decode`` asks ("pil" or "tensor"); errors are the decoder's own. ``"auto"`` takes the
+    faster decoder for the output (bench/stream.py): simplejpeg for tensors, Pillow for PIL images."""
+    if jpeg_decoder == "simplejpeg" or (jpeg_decoder == "auto" and decode == "tensor"):
         pixels = simplejpeg_rgb(data)
         if pixels is not None:
             if decode == "tensor":

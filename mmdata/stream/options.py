@@ -25,8 +25,9 @@ class StreamOptions:
     ``columns``: metadata columns added to each item (e.g. ``clip_score``). ``shuffle_buffer=1``
     keeps shard order without mixing. ``drop_last``/``pad`` give every rank the same count.
     ``on_error="skip"`` counts unreadable samples instead of raising. ``decode``: "pil" (an RGB
-    image), "tensor" (uint8 ``[3, H, W]``) or ``None`` (the image's bytes); ``jpeg_decoder="simplejpeg"``
-    decodes JPEGs with simplejpeg rather than Pillow (faster; see :mod:`mmdata.stream.decode`).
+    image), "tensor" (uint8 ``[3, H, W]``) or ``None`` (the image's bytes); ``jpeg_decoder``: "auto"
+    (simplejpeg for tensors, Pillow for PIL images: the faster for each), "pillow" or "simplejpeg" (see
+    :mod:`mmdata.stream.decode`).
     ``decode_threads``: threads decoding (and transforming) samples ahead of the consumer, in order;
     ``None`` picks one per core up to 4 in the main process and 1 in each DataLoader worker (whose
     processes already use the cores)."""
@@ -36,7 +37,7 @@ class StreamOptions:
     rank: int | None = None
     world_size: int | None = None
     decode: str | None = "pil"
-    jpeg_decoder: str = "pillow"
+    jpeg_decoder: str = "auto"
     decode_threads: int | None = None
     image_transform: Callable | None = None
     text_transform: Callable | None = None
@@ -53,7 +54,7 @@ class StreamOptions:
         if self.decode not in DECODES:
             raise ValueError(f"decode must be one of {DECODES}, not {self.decode!r}")
         check_jpeg_decoder(self.jpeg_decoder)
-        if self.jpeg_decoder != "pillow" and self.decode is None:
+        if self.jpeg_decoder == "simplejpeg" and self.decode is None:
             raise ValueError(f"jpeg_decoder={self.jpeg_decoder!r} has nothing to decode with decode=None")
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1 (or None: automatic), not {self.decode_threads}")

@@ -75,15 +75,24 @@ def pixels(item) -> np.ndarray:
     return np.asarray(image)
 
 
-def test_default_decode_gives_todays_pixels_and_tensor_the_same(mixed_images):
+def test_default_decode_gives_todays_pixels_and_pillow_tensors_the_same(mixed_images):
     root, keys = mixed_images
     as_pil = list(mmdata.stream(root, shuffle=False))
-    as_tensor = list(mmdata.stream(root, shuffle=False, decode="tensor"))
+    as_tensor = list(mmdata.stream(root, shuffle=False, decode="tensor", jpeg_decoder="pillow"))
     assert [item["key"] for item in as_pil] == [item["key"] for item in as_tensor] == keys
     for (extension, data, _), pil_item, tensor_item in zip(IMAGES, as_pil, as_tensor):
         expected = todays_pixels(data)
         assert np.array_equal(pixels(pil_item), expected), extension
         assert np.array_equal(pixels(tensor_item), expected), extension
+
+
+def test_default_tensors_are_simplejpegs(mixed_images):
+    root, keys = mixed_images
+    default = list(mmdata.stream(root, shuffle=False, decode="tensor"))
+    forced = list(mmdata.stream(root, shuffle=False, decode="tensor", jpeg_decoder="simplejpeg"))
+    assert [item["key"] for item in default] == keys
+    for (extension, _, _), left, right in zip(IMAGES, default, forced):
+        assert torch.equal(left["image"], right["image"]), extension
 
 
 def test_plain_jpegs_skip_image_open_and_the_rest_keep_it(mixed_images):
@@ -133,7 +142,6 @@ def test_decode_threads_change_nothing_but_speed(dataset_factory):
 
 
 def test_simplejpeg_gives_pillows_pixels_within_the_tolerance(mixed_images):
-    pytest.importorskip("simplejpeg")
     root, keys = mixed_images
     for decode in ("pil", "tensor"):
         items = list(mmdata.stream(root, shuffle=False, decode=decode, jpeg_decoder="simplejpeg"))
@@ -148,7 +156,6 @@ def test_simplejpeg_gives_pillows_pixels_within_the_tolerance(mixed_images):
 
 
 def test_simplejpeg_decodes_or_fails_on_the_same_samples_as_pillow(dataset_factory):
-    pytest.importorskip("simplejpeg")
     good = encoded(photo(), "JPEG", quality=90)
     marker = good.index(b"\xff\xdb")
     members = [
@@ -188,8 +195,6 @@ def test_tensors_travel_through_dataloader_workers(dataset_factory):
     ],
 )
 def test_bad_decode_options_are_refused(values, message):
-    if values.get("jpeg_decoder") == "simplejpeg":
-        pytest.importorskip("simplejpeg")
     with pytest.raises(ValueError, match=message):
         StreamOptions(**values)
 
