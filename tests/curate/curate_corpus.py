@@ -271,3 +271,15 @@ def write_dataset(
 def _size(blob: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(blob)) as image:
         return image.size
+
+
+def write_photo_dataset(root, *, tied_every: int | None = None) -> None:
+    """The dedup tests' photo corpus (24 scenes and their copies, originals scored highest, failures
+    every 13th row); ``tied_every``: every so many rows also scores 0.9, to tie with the originals."""
+    corpus = build_corpus(24, seed=5, uniques=60)
+    rng = np.random.default_rng(1)
+    scores = [0.9 if item.kind == "original" else float(rng.uniform(0.2, 0.6)) for item in corpus]
+    if tied_every:
+        for tied in range(0, len(scores), tied_every):
+            scores[tied] = 0.9
+    write_dataset(root, corpus, shard_size=32, scores=scores, embeddings=scene_embeddings(corpus), failures_every=13)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from curate_corpus import PIXEL_MODEL_ID, build_corpus, scene_embeddings, write_dataset
+from curate_corpus import PIXEL_MODEL_ID, write_photo_dataset
 
 from mmdata import layout
 from mmdata.cli import main
@@ -142,10 +142,7 @@ def test_the_plan_is_cheaper_than_more_tables():
 def photos(tmp_path_factory):
     """The photo corpus of tests/curate/test_dedup_streamed.py."""
     root = tmp_path_factory.mktemp("photos")
-    corpus = build_corpus(24, seed=5, uniques=60)
-    rng = np.random.default_rng(1)
-    scores = [0.9 if item.kind == "original" else float(rng.uniform(0.2, 0.6)) for item in corpus]
-    write_dataset(root, corpus, shard_size=32, scores=scores, embeddings=scene_embeddings(corpus), failures_every=13)
+    write_photo_dataset(root)
     return root
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from curate_corpus import PIXEL_MODEL_ID, build_corpus, scene_embeddings, write_dataset
+from curate_corpus import PIXEL_MODEL_ID, write_photo_dataset
 
 from mmdata import layout
 from mmdata.curate.dedup import DedupConfig, DedupInputs, dedup, find_duplicates
@@ -68,12 +68,7 @@ def assert_same(table: pa.Table, expected: pa.Table) -> None:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
-    corpus = build_corpus(24, seed=5, uniques=60)
-    rng = np.random.default_rng(1)
-    scores = [0.9 if item.kind == "original" else float(rng.uniform(0.2, 0.6)) for item in corpus]
-    for tied in range(0, len(scores), 7):  # ties on the best score: the smallest key is kept
-        scores[tied] = 0.9
-    write_dataset(root, corpus, shard_size=32, scores=scores, embeddings=scene_embeddings(corpus), failures_every=13)
+    write_photo_dataset(root, tied_every=7)  # ties on the best score: the smallest key is kept
     return root
 
 
