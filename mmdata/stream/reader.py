@@ -18,6 +18,7 @@ from mmdata.shards import ShardFormatError, check_member, is_pickle_like, sample
 from mmdata.stream.source import RangeNotSupported, Source
 
 MAX_RUN_BYTES = 4 * 1024 * 1024
+S = TypeVar("S")
 T = TypeVar("T")
 
 
@@ -182,18 +183,19 @@ def _checksums_match(blob: bytes, headers: list[int], checksums: list[int]) -> b
 
 
 def read_ahead(
-    runs: Iterator[Run], read: Callable[[Run], T], *, depth: int, threads: int = 1
-) -> Iterator[tuple[Run, T]]:
-    """``(run, read(run))`` in the order of ``runs``, up to ``depth`` runs read ahead by ``threads``
-    threads at once (one: :func:`prefetched`). Errors surface in order; leaving early cancels the rest."""
+    items: Iterator[S], work: Callable[[S], T], *, depth: int, threads: int = 1
+) -> Iterator[tuple[S, T]]:
+    """``(item, work(item))`` in the order of ``items`` (the loader's reads, and its decodes), up to ``depth``
+    items worked on ahead by ``threads`` threads at once (one: :func:`prefetched`). ``items`` is drawn
+    in the caller's thread. Errors surface in order; leaving early cancels the rest."""
     if threads <= 1:
-        yield from prefetched(((run, read(run)) for run in runs), depth)
+        yield from prefetched(((item, work(item)) for item in items), depth)
         return
-    pending: collections.deque[tuple[Run, Future]] = collections.deque()
+    pending: collections.deque[tuple[S, Future]] = collections.deque()
     with ThreadPoolExecutor(threads, thread_name_prefix="mmdata-stream-read") as pool:
         try:
-            for run in runs:
-                pending.append((run, pool.submit(read, run)))
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
                 if len(pending) >= max(depth, 1):
                     oldest, future = pending.popleft()
                     yield oldest, future.result()
