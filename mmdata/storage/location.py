@@ -197,8 +197,7 @@ class Location:
                 entries = list(os.scandir(self.path))
             except (FileNotFoundError, NotADirectoryError):
                 return {}
-            return {entry.name: {"type": "directory" if entry.is_dir() else "file",
-                                 "size": entry.stat().st_size if entry.is_file() else 0} for entry in entries}
+            return {entry.name: described for entry in entries if (described := _local_entry(entry)) is not None}
 
         def listing():
             try:
@@ -439,6 +438,16 @@ def staging_file(suffix: str = "") -> Iterator[str]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _local_entry(entry: os.DirEntry) -> dict | None:
+    """None for an entry gone since the folder was read: another process's temporary, renamed or removed."""
+    try:
+        if entry.is_dir():
+            return {"type": "directory", "size": 0}
+        return {"type": "file", "size": entry.stat().st_size}
+    except FileNotFoundError:
+        return None
 
 
 def _entry(info: dict) -> dict:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mmdata.storage import location
-from mmdata.storage.location import read_all
+from mmdata.storage.location import _local_entry, read_all
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -112,6 +112,16 @@ def test_list_names_folders_and_files(root):
     assert root.names() == ["00000.tar"]
     assert (root / "scores").is_dir() and not (root / "00000.tar").is_dir() and (root / "00000.tar").is_file()
     assert (root / "nowhere").list() == {} and not (root / "nowhere").is_dir()
+
+
+def test_a_local_entry_gone_between_the_listing_and_its_size_is_left_out(tmp_path):
+    """Another process renames its temporaries while a folder is listed (a job's progress poll saw it)."""
+    (tmp_path / ".00012.parquet.tmp").write_bytes(b"x")
+    (tmp_path / "00011.parquet").write_bytes(b"yy")
+    entries = {entry.name: entry for entry in os.scandir(tmp_path)}
+    (tmp_path / ".00012.parquet.tmp").unlink()
+    assert _local_entry(entries[".00012.parquet.tmp"]) is None
+    assert _local_entry(entries["00011.parquet"]) == {"type": "file", "size": 2}
 
 
 def test_read_all_reads_in_order_and_names_a_missing_file(root):
