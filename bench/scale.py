@@ -231,7 +231,6 @@ def _near_search(root: str, scratch: str, near_recall: float = 0.95) -> object:
     share of the planted pairs found (all, and those at distance 8), and of the pairs a brute-force scan
     finds among 20,000 consecutive rows."""
     from mmdata.curate.dedup import DedupConfig
-    from mmdata.curate.dedup_near import sampled_plan
 
     rows, block_rows = _rows(Path(root)), DedupConfig().block_rows
     folder = os.path.join(scratch, "near")
@@ -244,9 +243,10 @@ def _near_search(root: str, scratch: str, near_recall: float = 0.95) -> object:
     window = int(np.random.default_rng(3).integers(0, max(1, rows - NEAR_CHECKED)))
     brute = _brute_pairs(search, window, min(rows, window + NEAR_CHECKED))
     inside = found[(left >= window) & (right < window + NEAR_CHECKED)]
+    keys = search.keys(NEAR_RADIUS, mirrors=True, block_rows=block_rows, near_recall=near_recall)
     shutil.rmtree(folder)
-    plan = sampled_plan(NEAR_RADIUS, near_recall, rows, min(rows, block_rows) * 11) if near_recall < 1 else "exact"
-    return {"search_s": round(seconds, 1), "plan": str(plan), "pairs": len(found), "planted": len(planted),
+    plan = f"{len(keys)} keys of {keys[0][0].width} bits, {keys[0][1]} flipped"
+    return {"search_s": round(seconds, 1), "plan": plan, "pairs": len(found), "planted": len(planted),
             "planted_recall": round(float(hit.mean()), 4),
             "recall_at_8": round(float(hit[planted[:, 2] == NEAR_RADIUS].mean()), 4),
             "brute_pairs": len(brute), "brute_recall": round(float(np.isin(brute, found).mean()), 4),
@@ -276,11 +276,11 @@ STAGES = {stage.name: stage for stage in (
           largest=10_000_000),
     Stage("index", _index, "mmdata index: IVF-PQ trained on a sample, vectors added in batches", ("embeddings",),
           largest=10_000_000),
-    # still quadratic (blocked): ~2.5 min at 1M, 568 s at 2M, ~2 h at 10M by its cost model, days at 100M (which
-    # would spill 8.8 GB to the scratch folder); generation ~20 s per 1M rows
+    # one index up to 32M rows: ~1 min at 1M, ~25 min at 10M on 2 cores; at 100M four indexes each meet every
+    # query (~40 h by the cost model, and an 8.8 GB spill); generation ~20 s per 1M rows
     Stage("near-search", _near_search, "near dedup's search, near_recall 0.95, synthetic 64-bit hashes",
-          synthetic=True, figures=True, largest=1_000_000),
-    # ~4.5 min per (1M rows)^2 on one core
+          synthetic=True, figures=True, largest=10_000_000),
+    # quadratic: ~2 min per (1M rows)^2 on 2 cores
     Stage("near-search-exact", _near_search_exact, "the same, exact (near_recall 1.0)", synthetic=True,
           figures=True, largest=1_000_000),
     Stage("loader", _loader, "one rank of 8: catalog and plan up to its first read (no tars: no decode)"),

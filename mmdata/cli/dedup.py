@@ -65,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model",
                         help="score model id whose embeddings and clip_score to use (default: the default model)")
     parser.add_argument("--block-rows", type=int,
-                        help="rows whose hashes are held in memory at once (exact-tier partitions, near-tier search "
-                        "blocks); smaller: less memory, more passes (default %(library_default)s)")
+                        help="rows whose hashes are held in memory at once (exact-tier partitions, near-tier query "
+                        "blocks; the near tier's index holds 32x as many pHashes); smaller: less memory, more passes "
+                        "(default %(library_default)s)")
     parser.add_argument("--scratch-dir",
                         help="local folder for the spilled hashes and embeddings (default: the system's temp folder)")
     add_execution_flags(parser)

@@ -67,8 +67,9 @@ class DedupConfig:
     # semantic tier: compare clusters as tasks on the executor from this many embeddings (below, a
     # task's start costs more than the comparisons)
     parallel_min_rows: int = 2_000_000
-    # rows whose hashes are held at once: the exact tier's partitions and the near tier's search blocks
-    # (a block of 1M rows takes about 0.5 GB); smaller: less memory, more passes
+    # rows whose hashes are held at once: the exact tier's partitions (a block of 1M rows takes about
+    # 0.5 GB) and the near tier's query blocks; its index holds 32x as many pHashes (~1 GB at the default,
+    # the whole dataset below 32M rows); smaller: less memory, more passes
     block_rows: int = 1_000_000
     scratch_dir: str | None = None  # where the spilled hashes and embeddings go (None: the system's temp folder)
 

@@ -1,11 +1,17 @@
 """The near tier over a whole dataset in bounded memory, with the pairs :func:`~mmdata.curate.hashes.near_matches`
 finds when it is given every row at once.
 
-The search hashes (pHash, crop and mirrored pHashes: 88 bytes a row) are spilled to a scratch file and
-searched in blocks of ``block_rows`` rows: each block's hashes are indexed, and every row's pHash is looked
-up in that index, one block of queries at a time, so memory holds one index and one query block whatever
-the dataset's size. The index is multi-index hashing as a sort-join (:func:`band_plan`): the 64 bits are
-cut into ``m`` bands; two codes within ``radius`` bits differ in some band by at most ``flips`` bits when
+The search hashes (pHash, crop and mirrored pHashes: 88 bytes a row) are spilled to a scratch file. Two rows
+are a candidate pair when the pHash of one lies within ``radius`` bits of any hash of the other, so one side
+of the search is every row's hashes and the other every row's pHash: one is indexed, a block of rows at a
+time, and the other looked up in it, read from the spill a block at a time. The exact search indexes every
+hash of ``block_rows`` rows (its lookups flip many bits, so it looks up the fewer codes); the approximate one
+indexes the pHashes only (8 bytes a row: 32M rows per index at the default ``block_rows``) and looks up
+every hash. Each index meets every query block, so once a dataset outgrows one index the work grows with
+the square of the rows; keys are searched two at a time, one index each.
+
+The exact index is multi-index hashing as a sort-join (:func:`band_plan`): the 64 bits are cut into ``m``
+bands; two codes within ``radius`` bits differ in some band by at most ``flips`` bits when
 ``m * (flips + 1) > radius`` (pigeonhole), so looking up each query's band values with up to ``flips``
 bits flipped in the sorted band values of the index finds every pair: the search is exact, and returns
 what a brute-force scan would. Its cost is about ``m * patterns * queries * codes / 2**width`` candidate
@@ -16,19 +22,20 @@ take part.
 
 With ``near_recall`` below 1 the search is approximate instead (:func:`sampled_plan`): bit-sampling LSH, each
 of ``tables`` keys made of ``bits`` bit positions drawn at random (a fixed seed: every run draws the same), a
-query looked up with up to ``flips`` key bits flipped. The guarantee is per pair of a query pHash and an
-indexed hash within ``radius`` bits, over the random draws: it is found with probability at least
+query looked up with up to ``flips`` key bits flipped. The guarantee is per pair of a query hash and an
+indexed pHash within ``radius`` bits, over the random draws: it is found with probability at least
 ``near_recall`` (closer pairs more often); every candidate is still checked with the exact distance, so the
-search only ever misses pairs, never adds one. It is still blocked, so still quadratic in the rows: at 8 bits
-of 64 a key collides rarely (about 100 tables of 22 bits for 0.95), and it measured ~2x faster than the exact
-search at 1M rows, ~3-6x by its cost model at 10M-100M (bench/scale.py near-search).
+search only ever misses pairs, never adds one. Its plan widens the keys as the index grows, so within one
+index its time grows about as rows**1.2 (LSH's exponent for 8 of 64 bits), not with their square.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -50,6 +57,10 @@ MAX_SAMPLED_BITS = 32  # sampled keys are uint32
 # (its key, the pass), per probe's lookup (dense table, or binary search of the sorted probes), per candidate
 SAMPLED_BUILD_NS, SAMPLED_BUCKET_NS, SAMPLED_QUERY_NS = 110.0, 30.0, 200.0
 SAMPLED_DENSE_NS, SAMPLED_SPARSE_NS, SAMPLED_CANDIDATE_NS = 40.0, 180.0, 45.0
+# the index holds this many rows' pHashes per row of ``block_rows`` (~32 bytes each while a key is sorted,
+# against ~90 for a row of every hash); query codes are read a quarter of ``block_rows`` rows at a time
+INDEX_ROWS_PER_BLOCK_ROW = 32
+SEARCH_THREADS = 2  # keys searched at once, each with its own index (so at most twice its memory)
 
 
 class NearSearch:
@@ -78,38 +89,61 @@ class NearSearch:
         the full hash of one within ``radius`` of a full, crop (or, with ``mirrors``, mirrored) hash of the other.
         Below 1, ``near_recall`` is the least probability with which each such pair of hashes is found
         (:func:`sampled_plan`); what is returned is then a subset of the exact answer."""
-        rows, found = self.spill.rows, [np.empty((0, 2), np.int64)]
-        sampled = None
-        if near_recall < 1:
-            width = CROP_COUNT + (2 if mirrors else 1)
-            plan = sampled_plan(radius, near_recall, rows, min(rows, block_rows) * width)
-            sampled = [(_SampledBits(positions), plan.flips) for positions in plan.draw()]
-        for index_start in range(0, rows, block_rows):
-            owners, codes = self._index_codes(index_start, min(rows, index_start + block_rows), mirrors)
+        keys = self.keys(radius, mirrors=mirrors, block_rows=block_rows, near_recall=near_recall)
+        exact = near_recall >= 1  # index every hash (its lookups flip many bits: fewer queries); else pHashes
+        index_rows = block_rows if exact else block_rows * INDEX_ROWS_PER_BLOCK_ROW
+        query_rows = block_rows if exact else max(1, block_rows // 4)
+        found = [np.empty(0, np.uint64)]
+        for index_start in range(0, self.spill.rows, index_rows):
+            owners, codes = self._codes(index_start, index_start + index_rows, every=exact, mirrors=mirrors)
             if not len(owners):
                 continue
-            for keys, flips in sampled or _band_keys(radius, min(rows, block_rows), len(codes)):
-                index = _KeyIndex(owners, codes, keys)
-                for query_start in range(0, rows, block_rows):
-                    query_stop = min(rows, query_start + block_rows)
-                    valid = np.flatnonzero(self.spill.read("valid", query_start, query_stop))
-                    query = self.spill.read("phash", query_start, query_stop)[valid]
-                    left, right = index.within(query, valid + query_start, radius, flips)
-                    different = left != right
-                    pairs = np.stack([np.minimum(left, right)[different], np.maximum(left, right)[different]], axis=1)
-                    found.append(np.unique(pairs, axis=0))
-            found = [np.unique(np.concatenate(found), axis=0)]
-        return found[0][:, 0], found[0][:, 1]
+            search = functools.partial(self._key_pairs, owners, codes, radius=radius, query_rows=query_rows,
+                                       every=not exact, mirrors=mirrors)
+            with ThreadPoolExecutor(SEARCH_THREADS) as pool:  # numpy's array work runs outside the GIL
+                found = [np.unique(np.concatenate([*found, *pool.map(search, *zip(*keys))]))]
+        pairs = found[0]
+        return (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
-    def _index_codes(self, start: int, stop: int, mirrors: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(owner row of each code, uint64 codes): the full, crop and mirrored hashes of rows ``start:stop``."""
+    def _key_pairs(self, owners: np.ndarray, codes: np.ndarray, key: _Band | _SampledBits, flips: int, *,
+                   radius: int, query_rows: int, every: bool, mirrors: bool) -> np.ndarray:
+        """The pairs (``low << 32 | high``, unique) one key finds between the indexed ``codes`` (of rows
+        ``owners``) and every row's hashes (``every``) or pHashes, read ``query_rows`` rows at a time."""
+        index = _KeyIndex(owners, codes, key)
+        pairs = [np.empty(0, np.uint64)]
+        for start in range(0, self.spill.rows, query_rows):
+            rows, query = self._codes(start, start + query_rows, every=every, mirrors=mirrors)
+            left, right = index.within(query, rows, radius, flips)
+            different = left != right
+            low, high = np.minimum(left, right)[different], np.maximum(left, right)[different]
+            pairs.append(np.unique((low.astype(np.uint64) << np.uint64(32)) | high.astype(np.uint64)))
+        return np.unique(np.concatenate(pairs))
+
+    def keys(self, radius: int, *, mirrors: bool, block_rows: int,
+             near_recall: float = 1.0) -> list[tuple[_Band | _SampledBits, int]]:
+        """The search's keys, each with the key bits flipped per lookup: the exact plan's bands
+        (:func:`band_plan`, every hash of ``block_rows`` rows indexed at once, pHashes looked up) or, below 1,
+        the approximate plan's sampled bits (:func:`sampled_plan`, pHashes indexed, every hash looked up)."""
+        width = CROP_COUNT + (2 if mirrors else 1)
+        hashes = int(self.spill.read("valid", 0, self.spill.rows).sum()) * width
+        if near_recall >= 1:
+            bands, flips = band_plan(radius, self.spill.rows, min(hashes, block_rows * width))
+            return [(_Band(low, width), flips) for low, width in bands]
+        plan = sampled_plan(radius, near_recall, hashes, min(self.spill.rows, block_rows * INDEX_ROWS_PER_BLOCK_ROW))
+        return [(_SampledBits(positions), plan.flips) for positions in plan.draw()]
+
+    def _codes(self, start: int, stop: int, *, every: bool, mirrors: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(owner row of each code, uint64 codes) of rows ``start:stop`` with hashes: their full, crop and
+        mirrored hashes (``every``), or their pHashes."""
+        stop = min(self.spill.rows, stop)
         valid = np.flatnonzero(self.spill.read("valid", start, stop))
-        columns = [self.spill.read("phash", start, stop)[valid, None], self.spill.read("crops", start, stop)[valid]]
-        if mirrors:
+        columns = [self.spill.read("phash", start, stop)[valid, None]]
+        if every:
+            columns.append(self.spill.read("crops", start, stop)[valid])
+        if every and mirrors:
             columns.append(self.spill.read("mirror", start, stop)[valid, None])
         codes = np.concatenate(columns, axis=1)
-        owners = np.repeat(valid + start, codes.shape[1])
-        return owners, codes.reshape(-1)
+        return np.repeat(valid + start, codes.shape[1]), codes.reshape(-1)
 
     def distances(self, left: np.ndarray, right: np.ndarray, *, mirrors: bool) -> np.ndarray:
         """:func:`~mmdata.curate.hashes.near_distance` of the aligned row pairs (both with hashes)."""
@@ -143,12 +177,6 @@ def band_plan(radius: int, queries: int, codes: int) -> tuple[list[tuple[int, in
         plans.append((cost, list(zip(lows, widths)), flips))
     _, bands, flips = min(plans, key=lambda plan: plan[0])
     return bands, flips
-
-
-def _band_keys(radius: int, queries: int, codes: int) -> list[tuple[_Band, int]]:
-    """The exact search's keys (:func:`band_plan`), each with the bits flipped per lookup."""
-    bands, flips = band_plan(radius, queries, codes)
-    return [(_Band(low, width), flips) for low, width in bands]
 
 
 class _Band:
