@@ -44,6 +44,7 @@ import numpy as np
 from mmdata.curate.dedup_spill import ArraySpill
 from mmdata.curate.hashes import HASH_BITS, NearHashes, near_distance, verify_pairs
 from mmdata.curate.thumbnails import THUMB_BYTES
+from mmdata.execution.progress import COUNT, StageProgress
 from mmdata.schemas.hashes import CROP_COUNT
 
 VERIFY_PAIRS = 65_536  # candidate pairs verified at once
@@ -93,15 +94,19 @@ class NearSearch:
         exact = near_recall >= 1  # index every hash (its lookups flip many bits: fewer queries); else pHashes
         index_rows = block_rows if exact else block_rows * INDEX_ROWS_PER_BLOCK_ROW
         query_rows = block_rows if exact else max(1, block_rows // 4)
-        found = [np.empty(0, np.uint64)]
-        for index_start in range(0, self.spill.rows, index_rows):
-            owners, codes = self._codes(index_start, index_start + index_rows, every=exact, mirrors=mirrors)
-            if not len(owners):
-                continue
-            search = functools.partial(self._key_pairs, owners, codes, radius=radius, query_rows=query_rows,
-                                       every=not exact, mirrors=mirrors)
-            with ThreadPoolExecutor(SEARCH_THREADS) as pool:  # numpy's array work runs outside the GIL
-                found = [np.unique(np.concatenate([*found, *pool.map(search, *zip(*keys))]))]
+        found, searched = [np.empty(0, np.uint64)], itertools.count()
+        progress = StageProgress("near dedup search", total=-(-self.spill.rows // index_rows) * len(keys), unit="key",
+                                 final_counts=lambda _: (next(searched), {COUNT: 1}))
+        with progress, ThreadPoolExecutor(SEARCH_THREADS) as pool:  # numpy's array work runs outside the GIL
+            for index_start in range(0, self.spill.rows, index_rows):
+                owners, codes = self._codes(index_start, index_start + index_rows, every=exact, mirrors=mirrors)
+                search = functools.partial(self._key_pairs, owners, codes, radius=radius, query_rows=query_rows,
+                                           every=not exact, mirrors=mirrors)
+                nothing = [np.empty(0, np.uint64)] * len(keys)  # no row of the block has hashes
+                for pairs in pool.map(search, *zip(*keys)) if len(owners) else nothing:
+                    progress.task_done(pairs)
+                    found.append(pairs)
+                found = [np.unique(np.concatenate(found))]
         pairs = found[0]
         return (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
@@ -277,16 +282,22 @@ class _KeyIndex:
         self.key, self.width = key, key.width
         keys = key(codes)
         if self.width <= 32 and len(keys) < 2**32:  # sort key and position packed: much faster than argsort
-            packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | np.arange(len(keys), dtype=np.uint64))
-            order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            keys = packed >> np.uint64(32)
-            del packed
+            packed = keys.astype(np.uint64)  # built and sorted in place: the index's peak memory
+            del keys
+            packed <<= np.uint64(32)
+            packed |= np.arange(len(packed), dtype=np.uint64)
+            packed.sort()
+            order = (packed & np.uint64(0xFFFFFFFF)).view(np.int64)
+            packed >>= np.uint64(32)
+            keys = packed
         else:
             order = np.argsort(keys)
             keys = keys[order]
         self.codes, self.owners = codes[order], owners[order]
+        del order
         if self.width <= DENSE_BITS:  # a table over every key value: one lookup instead of a binary search
-            counts = np.bincount(keys.astype(np.int64), minlength=1 << self.width)
+            counts = np.bincount(keys.view(np.int64) if keys.dtype == np.uint64 else keys.astype(np.int64),
+                                 minlength=1 << self.width)
             self.starts = np.concatenate([[0], np.cumsum(counts)])
         else:
             first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
