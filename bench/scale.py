@@ -277,7 +277,7 @@ STAGES = {stage.name: stage for stage in (
     Stage("index", _index, "mmdata index: IVF-PQ trained on a sample, vectors added in batches", ("embeddings",),
           largest=10_000_000),
     # one index up to 32M rows: ~1 min at 1M, ~25 min at 10M on 2 cores; at 100M four indexes each meet every
-    # query (~40 h by the cost model, and an 8.8 GB spill); generation ~20 s per 1M rows
+    # query (15-20 h here by the 10M figure, and an 8.8 GB spill); generation ~20 s per 1M rows
     Stage("near-search", _near_search, "near dedup's search, near_recall 0.95, synthetic 64-bit hashes",
           synthetic=True, figures=True, largest=10_000_000),
     # quadratic: ~2 min per (1M rows)^2 on 2 cores
