@@ -21,6 +21,9 @@ systems   mmdata             mmdata.stream with its defaults: jpeg_decoder "auto
           ray                ray.data.read_webdataset(decoder=None).map(Pillow decode in Ray tasks);
                              "1 process" = a 1-CPU local Ray, "2 workers" = 2 CPUs; ray.init is setup,
                              outside the clock (printed); no later pass
+          transport          a ceiling, not a loader: a DataLoader with 2 workers yielding one image decoded
+                             once per worker, as often as the set has samples (no reading, no decoding):
+                             what the DataLoader's batching and transport alone allow (DataLoader cells only)
 views     webdataset and Ray read everything and drop unselected samples before decoding; litdata and
           mosaic read the view's indices by random access (their best); mmdata reads the view's byte ranges
 memory    peak PSS of the pass's whole process tree (workers included, shared pages counted once),
@@ -69,7 +72,7 @@ PEERS_INSTALL = (
     "cramjam==2.14.0 catalogue==2.0.10 transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 "
     "simplejpeg==1.9.0"
 )
-SYSTEMS = ("mmdata", "mmdata+simplejpeg", "webdataset", "litdata", "mosaic", "ray")
+SYSTEMS = ("mmdata", "mmdata+simplejpeg", "webdataset", "litdata", "mosaic", "ray", "transport")
 PEER_SYSTEMS = ("webdataset", "litdata", "mosaic", "ray")
 NEEDS = {"mmdata+simplejpeg": "simplejpeg", "webdataset": "webdataset", "litdata": "litdata", "mosaic": "streaming",
          "ray": "ray.data"}
@@ -190,6 +193,24 @@ class Indexed:
         return (self.dataset[index] for index in self.indices)
 
 
+class Transport:
+    """``samples`` copies of the first stored sample's image, decoded once per worker process (tensors are
+    copied by the batch's stack, PIL images here)."""
+
+    def __init__(self, root: Path, samples: int, output: str):
+        self.root, self.samples, self.output, self.image = root, samples, output, None
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> dict:
+        if self.image is None:
+            jpg = next(tar_samples(tars_of(self.root)[0]))["jpg"]
+            self.image = decode_pil(jpg) if self.output == "pil" else decode_tensor(jpg)
+        # a copy per sample: a batch of one object would be pickled once (pickle's memo), not 64 times
+        return {"key": str(index), "image": self.image.copy() if self.output == "pil" else self.image, "caption": ""}
+
+
 def torch_iterable(cell: dict, plan: dict):
     """The system's dataset for ``cell`` (built inside the clock), iterated by a DataLoader in "dl2"."""
     system, output, root = cell["system"], cell["output"], Path(cell["root"])
@@ -220,7 +241,7 @@ def torch_iterable(cell: dict, plan: dict):
                 return peer_item(sample["key"], sample["jpg"], sample["txt"], output)
 
         dataset = Images(str(root / "_litdata"), shuffle=False)
-    else:
+    elif system == "mosaic":
         import streaming
 
         class Images(streaming.StreamingDataset):
@@ -229,6 +250,8 @@ def torch_iterable(cell: dict, plan: dict):
                 return peer_item(sample["key"], sample["jpg"], sample["txt"], output)
 
         dataset = Images(local=str(root / "_mds"), shuffle=False, batch_size=BATCH)
+    elif system == "transport":
+        dataset = Transport(root, len(plan["chosen"]) if view else plan["samples"], output)
     if view and system in ("litdata", "mosaic"):
         dataset = Indexed(dataset, plan["chosen_indices"])
     if cell["mode"] == "dl2":
@@ -389,7 +412,8 @@ def cells_for(systems: list[str], modes: list[str]) -> list[dict]:
     for data_set, outputs in (("full", ("pil", "tensor")), ("view30", ("pil",))):
         for output in outputs:
             for mode in modes:
-                cells.extend({"set": data_set, "output": output, "mode": mode, "system": s} for s in systems)
+                cells.extend({"set": data_set, "output": output, "mode": mode, "system": s} for s in systems
+                             if s != "transport" or mode == "dl2")
     return cells
 
 
@@ -407,7 +431,7 @@ def summarise(results: list[dict], systems: list[str], memory: dict[tuple, int])
     for result in results:
         groups.setdefault(cell_name(result), {}).setdefault(result["system"], []).append(result)
     lines = ["| set/output/mode | " + " | ".join(systems) + " | mmdata / best peer | +simplejpeg / best peer | "
-             "mmdata PSS / leanest peer |", "|---" * (len(systems) + 4) + "|"]
+             "mmdata PSS / leanest peer | mmdata / transport |", "|---" * (len(systems) + 5) + "|"]
     figures = {}
     for name, by_system in groups.items():
         row = {}
@@ -427,6 +451,8 @@ def summarise(results: list[dict], systems: list[str], memory: dict[tuple, int])
         leanest = min(peer_memory, key=peer_memory.get) if peer_memory else None
         mmdata_memory = row.get("mmdata", {}).get("peak_pss_mib")
         ratios.append(f"{mmdata_memory / peer_memory[leanest]:.2f}× {leanest}" if leanest and mmdata_memory else "—")
+        ceiling = row.get("transport", {}).get("first")
+        ratios.append(f"{row['mmdata']['first'] / ceiling:.0%}" if ceiling and "mmdata" in row else "—")
         cells = []
         for system in systems:
             figure = row.get(system)
@@ -471,7 +497,7 @@ def main() -> None:
     positions = {key: index for index, key in enumerate(keys)}
     (root / "_bench").mkdir(exist_ok=True)
     (root / "_bench" / "plan.json").write_text(
-        json.dumps({"chosen": chosen, "chosen_indices": [positions[key] for key in chosen]})
+        json.dumps({"samples": len(keys), "chosen": chosen, "chosen_indices": [positions[key] for key in chosen]})
     )
     systems = []
     for system in args.systems.split(","):
