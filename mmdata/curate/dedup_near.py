@@ -25,8 +25,9 @@ of ``tables`` keys made of ``bits`` bit positions drawn at random (a fixed seed:
 query looked up with up to ``flips`` key bits flipped. The guarantee is per pair of a query hash and an
 indexed pHash within ``radius`` bits, over the random draws: it is found with probability at least
 ``near_recall`` (closer pairs more often); every candidate is still checked with the exact distance, so the
-search only ever misses pairs, never adds one. Its plan widens the keys as the index grows, so within one
-index its time grows about as rows**1.2 (LSH's exponent for 8 of 64 bits), not with their square.
+search only ever misses pairs, never adds one. Its plan widens the keys as the index grows (61 keys at 1M
+rows, 111 at 10M), so within one index its time grows with the rows times the keys, not with their square
+(measured: an exponent of 1.4 from 1M to 10M, bench/scale.py near-search).
 """
 
 from __future__ import annotations
@@ -91,9 +92,8 @@ class NearSearch:
         Below 1, ``near_recall`` is the least probability with which each such pair of hashes is found
         (:func:`sampled_plan`); what is returned is then a subset of the exact answer."""
         keys = self.keys(radius, mirrors=mirrors, block_rows=block_rows, near_recall=near_recall)
-        exact = near_recall >= 1  # index every hash (its lookups flip many bits: fewer queries); else pHashes
-        index_rows = block_rows if exact else block_rows * INDEX_ROWS_PER_BLOCK_ROW
-        query_rows = block_rows if exact else max(1, block_rows // 4)
+        exact = near_recall >= 1
+        index_rows, query_rows = _block_sizes(block_rows, exact)
         found, searched = [np.empty(0, np.uint64)], itertools.count()
         progress = StageProgress("near dedup search", total=-(-self.spill.rows // index_rows) * len(keys), unit="key",
                                  final_counts=lambda _: (next(searched), {COUNT: 1}))
@@ -129,12 +129,13 @@ class NearSearch:
         """The search's keys, each with the key bits flipped per lookup: the exact plan's bands
         (:func:`band_plan`, every hash of ``block_rows`` rows indexed at once, pHashes looked up) or, below 1,
         the approximate plan's sampled bits (:func:`sampled_plan`, pHashes indexed, every hash looked up)."""
-        width = CROP_COUNT + (2 if mirrors else 1)
-        hashes = int(self.spill.read("valid", 0, self.spill.rows).sum()) * width
+        per_row = CROP_COUNT + (2 if mirrors else 1)
+        hashes = int(self.spill.read("valid", 0, self.spill.rows).sum()) * per_row
+        index_rows, _ = _block_sizes(block_rows, near_recall >= 1)
         if near_recall >= 1:
-            bands, flips = band_plan(radius, self.spill.rows, min(hashes, block_rows * width))
+            bands, flips = band_plan(radius, self.spill.rows, min(hashes, index_rows * per_row))
             return [(_Band(low, width), flips) for low, width in bands]
-        plan = sampled_plan(radius, near_recall, hashes, min(self.spill.rows, block_rows * INDEX_ROWS_PER_BLOCK_ROW))
+        plan = sampled_plan(radius, near_recall, hashes, min(self.spill.rows, index_rows))
         return [(_SampledBits(positions), plan.flips) for positions in plan.draw()]
 
     def _codes(self, start: int, stop: int, *, every: bool, mirrors: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +166,14 @@ class NearSearch:
         crops = self.spill.take("crops", rows)
         return NearHashes(self.spill.take("phash", rows), crops, np.zeros((len(rows), 6), np.float32),
                           mirror=self.spill.take("mirror", rows))
+
+
+def _block_sizes(block_rows: int, exact: bool) -> tuple[int, int]:
+    """(rows indexed at once, rows looked up at once). The exact search indexes every hash of a block and
+    looks pHashes up (its lookups flip many bits: the fewer codes); the approximate one indexes pHashes only."""
+    if exact:
+        return block_rows, block_rows
+    return block_rows * INDEX_ROWS_PER_BLOCK_ROW, max(1, block_rows // 4)
 
 
 def band_plan(radius: int, queries: int, codes: int) -> tuple[list[tuple[int, int]], int]:

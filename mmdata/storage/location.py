@@ -445,7 +445,7 @@ def _local_entry(entry: os.DirEntry) -> dict | None:
     try:
         if entry.is_dir():
             return {"type": "directory", "size": 0}
-        return {"type": "file", "size": entry.stat().st_size}
+        return {"type": "file", "size": entry.stat().st_size if entry.is_file() else 0}
     except FileNotFoundError:
         return None
 
